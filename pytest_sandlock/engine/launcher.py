@@ -1,0 +1,238 @@
+"""Forking a confined child and handing its seccomp listener to the supervising parent.
+
+Child, before any code it was asked to run:
+  1. parent-death signal (SIGKILL), so the child never outlives a killed pytest;
+  2. RLIMIT_AS when a memory limit is set;
+  3. no_new_privs, then the cached Landlock ruleset (skipped in audit mode: nothing is denied);
+  4. the precompiled seccomp program with a notification listener;
+  5. tells the parent the listener's fd number; the parent copies it with ``pidfd_getfd`` (SCM_RIGHTS
+     would deadlock once sendmsg is supervised) and acknowledges; the child closes its own copy, so
+     that if the supervisor dies, supervised syscalls fail with ENOSYS instead of blocking forever;
+  6. closes the descriptors it was told to close, then runs the target.
+Any failure in 1-5 is reported to the parent and the target never runs: confinement is never skipped.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import select
+import shutil
+import signal
+import struct
+import sys
+import traceback
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Optional
+
+from . import landlock, seccomp_filter
+from .channel import ChannelServer, LivePolicyClient, _install_client
+from .errors import KernelFeatureError, SandboxError
+from .notify import Listener
+from .proctree import ProcessTree
+from .syscalls import PR_SET_PDEATHSIG, pidfd_getfd, prctl
+
+_SYNC = struct.Struct("=iQ")
+HANDOFF_TIMEOUT = 30.0
+
+
+@dataclass
+class Confinement:
+    """Everything the child applies to itself, prepared in the parent (cheap to fork with)."""
+
+    ruleset: Optional[landlock.Ruleset]
+    compiled: seccomp_filter.CompiledFilter
+    max_memory: Optional[int] = None
+    close_fds: tuple[int, ...] = ()
+    wait_killable: bool = True
+
+
+@dataclass
+class Launched:
+    pid: int
+    pidfd: int
+    listener: Listener
+    result_fd: int
+    channel: ChannelServer
+    output_fds: tuple[int, ...]
+    memory_base: int
+    tree: ProcessTree
+
+
+def _vm_size() -> int:
+    with open("/proc/self/status", "rb") as fh:
+        for line in fh:
+            if line.startswith(b"VmSize:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def _child_confine(conf: Confinement, parent: int, sync_w: int, ack_r: int) -> None:
+    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # the parent died between fork and prctl
+        os._exit(1)
+    base = 0
+    if conf.max_memory is not None:
+        base = _vm_size()
+        limit = base + conf.max_memory
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    landlock.set_no_new_privs()
+    if conf.ruleset is not None:
+        landlock.restrict_self(conf.ruleset)
+    listener = seccomp_filter.install(conf.compiled, conf.wait_killable)
+    os.write(sync_w, b"L" + _SYNC.pack(listener, base))
+    if os.read(ack_r, 1) != b"k":
+        os._exit(1)
+    os.close(listener)
+
+
+def launch(
+    conf: Confinement,
+    target: Callable[[int], None],
+    *,
+    capture_output: bool = False,
+    stdin_devnull: bool = False,
+) -> Launched:
+    """Fork; the child confines itself and calls ``target(result_fd)``, which must not return normally.
+
+    ``target`` writes its result to ``result_fd`` and ends the process (os._exit / exec).
+    """
+    sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
+    ack_r, ack_w = os.pipe2(os.O_CLOEXEC)
+    result_r, result_w = os.pipe2(os.O_CLOEXEC)
+    req_r, req_w = os.pipe2(os.O_CLOEXEC)
+    resp_r, resp_w = os.pipe2(os.O_CLOEXEC)
+    out_pipes = [os.pipe2(os.O_CLOEXEC) for _ in range(2)] if capture_output else []
+    parent_only = [sync_r, ack_w, result_r, req_r, resp_w] + [r for r, _ in out_pipes]
+    child_only = [sync_w, ack_r, result_w, req_w, resp_r] + [w for _, w in out_pipes]
+    tree = ProcessTree()
+    tree.start()
+    parent = os.getpid()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pid = os.fork()
+    if pid == 0:  # ---------------------------------------------------------------- child
+        try:
+            for fd in parent_only:
+                os.close(fd)
+            try:
+                _child_confine(conf, parent, sync_w, ack_r)
+            except BaseException as exc:  # noqa: BLE001 - report anything, then die
+                message = f"{type(exc).__name__}: {exc}"
+                os.write(sync_w, b"E" + message.encode("utf-8", "replace")[:4000])
+                os._exit(70)
+            os.close(sync_w)
+            os.close(ack_r)
+            if out_pipes:
+                os.dup2(out_pipes[0][1], 1)
+                os.dup2(out_pipes[1][1], 2)
+                for _, w in out_pipes:
+                    os.close(w)
+            if stdin_devnull:
+                devnull = os.open(os.devnull, os.O_RDONLY)
+                os.dup2(devnull, 0)
+                os.close(devnull)
+            keep = {result_w, req_w, resp_r, 0, 1, 2}
+            for fd in conf.close_fds:
+                if fd not in keep:
+                    try:
+                        os.close(fd)
+                    except OSError:
+                        pass
+            _install_client(LivePolicyClient(req_w, resp_r))
+            target(result_w)
+        except BaseException:  # noqa: BLE001
+            try:
+                traceback.print_exc()
+            finally:
+                os._exit(71)
+        os._exit(72)
+    # ------------------------------------------------------------------------------------ parent
+    tree.root = pid
+    for fd in child_only:
+        os.close(fd)
+    pidfd = -1
+    try:
+        pidfd = os.pidfd_open(pid)
+        listener_fd, base = _receive_listener(sync_r, pidfd)
+        listener = Listener(pidfd_getfd(pidfd, listener_fd))
+        os.write(ack_w, b"k")
+    except BaseException:
+        _abort_child(pid, pidfd, tree)
+        for fd in parent_only:
+            os.close(fd)
+        raise
+    finally:
+        os.close(sync_r)
+        os.close(ack_w)
+    return Launched(
+        pid=pid,
+        pidfd=pidfd,
+        listener=listener,
+        result_fd=result_r,
+        channel=ChannelServer(req_r, resp_w),
+        output_fds=tuple(r for r, _ in out_pipes),
+        memory_base=base,
+        tree=tree,
+    )
+
+
+def _receive_listener(sync_r: int, pidfd: int) -> tuple[int, int]:
+    poller = select.poll()
+    poller.register(sync_r, select.POLLIN)
+    if not poller.poll(int(HANDOFF_TIMEOUT * 1000)):
+        raise SandboxError("the confined child did not report its seccomp listener in time")
+    data = os.read(sync_r, 8192)
+    if data[:1] == b"L" and len(data) >= 1 + _SYNC.size:
+        listener_fd, base = _SYNC.unpack_from(data, 1)
+        return listener_fd, base
+    if data[:1] == b"E":
+        message = data[1:].decode("utf-8", "replace")
+        raise KernelFeatureError(f"could not confine the child: {message}")
+    raise SandboxError("the confined child died before it was confined")
+
+
+def _abort_child(pid: int, pidfd: int, tree: ProcessTree) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+    if pidfd >= 0:
+        os.close(pidfd)
+    tree.stop()
+
+
+def close_launched(launched: Launched) -> None:
+    for fd in (launched.pidfd, launched.result_fd, *launched.output_fds):
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    launched.listener.close()
+    launched.channel.close()
+    launched.tree.stop()
+
+
+def exec_target(
+    argv: Iterable[str], cwd: Optional[str], env: Optional[dict[str, str]]
+) -> Callable[[int], None]:
+    args = list(argv)
+    # Resolve the program here, once: execvp would try every PATH entry, one execve event each.
+    search_path = (env or os.environ).get("PATH", os.defpath)
+    program = args[0] if "/" in args[0] else (shutil.which(args[0], path=search_path) or args[0])
+
+    def run(result_fd: int) -> None:
+        try:
+            if cwd is not None:
+                os.chdir(cwd)
+            os.execve(program, args, os.environ if env is None else env)
+        except OSError as exc:
+            os.write(result_fd, f"{exc.errno}:{exc.strerror}".encode())
+            os._exit(127)
+
+    return run

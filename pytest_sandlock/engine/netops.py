@@ -1,0 +1,189 @@
+"""Network syscalls performed by the supervisor on a duplicate of the child's socket.
+
+The duplicate (``pidfd_getfd``) shares the child's open file description: connecting, binding or
+sending on it acts on the child's socket, with the address bytes the supervisor checked.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import ipaddress
+import os
+import socket
+import struct
+from typing import Any, Optional
+
+from .childmem import MsgHdr, SockAddr
+from .policy import PolicyContext
+from .syscalls import bind_raw, connect_raw, getsockopt_int, pidfd_getfd, sendto_raw
+
+SO_PROTOCOL = 38
+SO_DOMAIN = 39
+_CMSG_HDR = struct.Struct("=QiI")
+SCM_RIGHTS = 1
+
+
+def protocol_of(sock: int, family: int) -> str:
+    """'tcp', 'udp', 'unix' or 'other': what a net rule's scheme is matched against."""
+    try:
+        domain = getsockopt_int(sock, socket.SOL_SOCKET, SO_DOMAIN)
+    except OSError:
+        return "other"
+    if domain == socket.AF_UNIX:
+        return "unix"
+    if domain not in (socket.AF_INET, socket.AF_INET6):
+        return "other"
+    proto = getsockopt_int(sock, socket.SOL_SOCKET, SO_PROTOCOL)
+    if proto == socket.IPPROTO_TCP:
+        return "tcp"
+    if proto == socket.IPPROTO_UDP:
+        return "udp"
+    return "other"
+
+
+def is_blocking(sock: int) -> bool:
+    return not fcntl.fcntl(sock, fcntl.F_GETFL) & os.O_NONBLOCK
+
+
+def socket_error(sock: int) -> int:
+    return getsockopt_int(sock, socket.SOL_SOCKET, socket.SO_ERROR)
+
+
+def _unix_sockaddr(path: str) -> bytes:
+    return struct.pack("=H", socket.AF_UNIX) + os.fsencode(path) + b"\0"
+
+
+def _via_opath(path: str) -> tuple[int, bytes]:
+    """An O_PATH descriptor on ``path`` and a short address reaching exactly that inode."""
+    fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    return fd, _unix_sockaddr(f"/proc/self/fd/{fd}")
+
+
+def connect(sock: int, addr: SockAddr, unix_target: Optional[str]) -> tuple[int, bool]:
+    """(result, in_progress). A blocking socket's connect is started non-blocking and finished later."""
+    raw = addr.raw
+    opath = -1
+    if unix_target is not None:
+        try:
+            opath, raw = _via_opath(unix_target)
+        except OSError as exc:
+            return -(exc.errno or errno.ENOENT), False
+    try:
+        if addr.family in (socket.AF_INET, socket.AF_INET6) and is_blocking(sock):
+            flags = fcntl.fcntl(sock, fcntl.F_GETFL)
+            fcntl.fcntl(sock, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+            try:
+                result = connect_raw(sock, raw)
+            finally:
+                fcntl.fcntl(sock, fcntl.F_SETFL, flags)
+            if result == -errno.EINPROGRESS:
+                return 0, True
+            return result, False
+        return connect_raw(sock, raw), False
+    finally:
+        if opath >= 0:
+            os.close(opath)
+
+
+def bind(sock: int, addr: SockAddr) -> int:
+    return bind_raw(sock, addr.raw)
+
+
+def bind_unix_path(sock: int, path: str) -> int:
+    """Bind inside the directory the supervisor checked, whatever the child's cwd or path length."""
+    parent, name = os.path.split(path)
+    try:
+        dfd = os.open(parent or "/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        return -(exc.errno or errno.ENOENT)
+    try:
+        return bind_raw(sock, _unix_sockaddr(f"/proc/self/fd/{dfd}/{name}"))
+    finally:
+        os.close(dfd)
+
+
+def bind_allowed(ctx: PolicyContext, pid: int, protocol: str, addr: SockAddr) -> tuple[bool, str]:
+    """A bind is allowed on an address the policy lets the test reach (wildcards count as loopback)."""
+    assert addr.host is not None and addr.port is not None
+    net = ctx.policy.net
+    if net is None:
+        return True, ""
+    host = addr.host
+    if host.is_unspecified:
+        host = ipaddress.ip_address("127.0.0.1" if host.version == 4 else "::1")
+    if addr.port == 0:
+        if any(rule.host_matches(host) and protocol in rule.protocols for rule in net):
+            return True, ""
+        return False, "not in net policy"
+    return ctx.network_allowed(pid, protocol, host, addr.port)
+
+
+def sendto(sock: int, data: bytes, flags: int, addr: SockAddr, unix_target: Optional[str]) -> int:
+    blocking_flag = socket.MSG_DONTWAIT if is_blocking(sock) else 0
+    if unix_target is not None:
+        try:
+            opath, raw = _via_opath(unix_target)
+        except OSError as exc:
+            return -(exc.errno or errno.ENOENT)
+        try:
+            return sendto_raw(sock, data, flags | blocking_flag, raw)
+        finally:
+            os.close(opath)
+    return sendto_raw(sock, data, flags | blocking_flag, addr.raw)
+
+
+def _translate_rights(control: bytes, pidfd: int) -> tuple[list[tuple[int, int, bytes]], list[int]]:
+    """Parse cmsgs; SCM_RIGHTS descriptors are the child's numbers, so fetch each one here."""
+    ancillary: list[tuple[int, int, bytes]] = []
+    grabbed: list[int] = []
+    offset = 0
+    while offset + _CMSG_HDR.size <= len(control):
+        length, level, kind = _CMSG_HDR.unpack_from(control, offset)
+        if length < _CMSG_HDR.size:
+            break
+        data = control[offset + _CMSG_HDR.size : offset + length]
+        if level == socket.SOL_SOCKET and kind == SCM_RIGHTS:
+            fds = [
+                pidfd_getfd(pidfd, fd)
+                for fd in struct.unpack(f"={len(data) // 4}i", data[: len(data) // 4 * 4])
+            ]
+            grabbed.extend(fds)
+            data = struct.pack(f"={len(fds)}i", *fds)
+        ancillary.append((level, kind, data))
+        offset += (length + 7) & ~7
+    return ancillary, grabbed
+
+
+def sendmsg(sock: int, msg: MsgHdr, flags: int, pidfd: int, unix_target: Optional[str]) -> int:
+    """sendmsg on the duplicate with the copied payload, destination and ancillary data."""
+    blocking_flag = socket.MSG_DONTWAIT if is_blocking(sock) else 0
+    grabbed: list[int] = []
+    opath = -1
+    pysock = socket.socket(fileno=os.dup(sock))
+    try:
+        ancillary, grabbed = _translate_rights(msg.control, pidfd)
+        address: Any = None
+        if msg.name is not None:
+            if msg.name.is_ip:
+                address = (str(msg.name.host), msg.name.port)
+                if pysock.family == socket.AF_INET6 and msg.name.family == socket.AF_INET:
+                    address = (f"::ffff:{msg.name.host}", msg.name.port)
+            elif unix_target is not None:
+                opath, raw = _via_opath(unix_target)
+                address = f"/proc/self/fd/{opath}"
+            elif msg.name.abstract is not None:
+                address = b"\0" + msg.name.abstract
+            else:
+                return -errno.EAFNOSUPPORT
+        if address is None:
+            return pysock.sendmsg([msg.data], ancillary, flags | blocking_flag)
+        return pysock.sendmsg([msg.data], ancillary, flags | blocking_flag, address)
+    except OSError as exc:
+        return -(exc.errno or errno.EIO)
+    finally:
+        pysock.close()
+        for fd in grabbed:
+            os.close(fd)
+        if opath >= 0:
+            os.close(opath)

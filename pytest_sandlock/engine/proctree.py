@@ -1,0 +1,157 @@
+"""Finding and killing every process of a sandbox's tree, detached grandchildren included.
+
+While a sandbox runs, the supervising process is a child subreaper (``PR_SET_CHILD_SUBREAPER``):
+a process of the tree whose parent dies is re-parented to the supervisor instead of init, so a
+double-forked daemon in a new session is still found. Processes that the supervisor adopted are
+told apart from its own other children (a server a fixture started) by their seccomp filter count:
+every sandboxed process carries at least one more filter than the supervisor itself.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Iterable
+
+from .syscalls import PR_GET_CHILD_SUBREAPER, PR_SET_CHILD_SUBREAPER, prctl
+
+
+def _children_of(pid: int) -> list[int]:
+    kids: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return kids
+    for tid in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/children", "rb") as fh:
+                kids.extend(int(x) for x in fh.read().split())
+        except (OSError, ValueError):
+            continue
+    return kids
+
+
+def descendants(roots: Iterable[int]) -> list[int]:
+    """Every live descendant of ``roots`` (roots included), parents before children."""
+    seen: list[int] = []
+    stack = list(roots)
+    known: set[int] = set()
+    while stack:
+        pid = stack.pop()
+        if pid in known:
+            continue
+        known.add(pid)
+        seen.append(pid)
+        stack.extend(_children_of(pid))
+    return seen
+
+
+def seccomp_filter_count(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"Seccomp_filters:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return -1
+
+
+def read_status(tid: int) -> tuple[int, int]:
+    """(thread group id, parent pid) of a thread, or (tid, 0) when it is gone."""
+    tgid, ppid = tid, 0
+    try:
+        with open(f"/proc/{tid}/status", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"Tgid:"):
+                    tgid = int(line.split()[1])
+                elif line.startswith(b"PPid:"):
+                    ppid = int(line.split()[1])
+                    break
+    except (OSError, ValueError, IndexError):
+        pass
+    return tgid, ppid
+
+
+class ProcessTree:
+    """The processes of one sandbox: the root child, its descendants and adopted orphans."""
+
+    def __init__(self) -> None:
+        self.root = 0
+        self._own_filters = seccomp_filter_count(os.getpid())
+        self._children_before: set[int] = set()
+        self._was_subreaper = False
+        self._became_subreaper = False
+
+    def start(self) -> None:
+        """Call before forking the root: snapshot our children and become a subreaper."""
+        self._children_before = set(_children_of(os.getpid()))
+        try:
+            import ctypes
+
+            flag = ctypes.c_int(0)
+            prctl(PR_GET_CHILD_SUBREAPER, ctypes.addressof(flag))
+            self._was_subreaper = bool(flag.value)
+            if not self._was_subreaper:
+                prctl(PR_SET_CHILD_SUBREAPER, 1)
+                self._became_subreaper = True
+        except OSError:
+            pass
+
+    def stop(self) -> None:
+        if self._became_subreaper:
+            try:
+                prctl(PR_SET_CHILD_SUBREAPER, 0)
+            except OSError:
+                pass
+            self._became_subreaper = False
+
+    def adopted(self) -> list[int]:
+        """Our children that belong to the sandbox but are not its root (orphans re-parented to us)."""
+        out = []
+        for pid in _children_of(os.getpid()):
+            if pid == self.root or pid in self._children_before:
+                continue
+            if seccomp_filter_count(pid) > self._own_filters:
+                out.append(pid)
+        return out
+
+    def members(self, include_root: bool = True) -> list[int]:
+        roots = self.adopted()
+        if include_root and self.root:
+            roots.insert(0, self.root)
+        return descendants(roots)
+
+    def count(self) -> int:
+        return len(self.members())
+
+    def kill_all(self, rounds: int = 50) -> int:
+        """SIGKILL every member until none is left; reaps the ones that are our children."""
+        killed = 0
+        for _ in range(rounds):
+            members = [p for p in self.members(include_root=False)] + self._root_if_alive()
+            members = [p for p in dict.fromkeys(members) if p != os.getpid()]
+            if not members:
+                break
+            for pid in members:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                    killed += 1
+                except ProcessLookupError:
+                    pass
+            self._reap(members)
+        return killed
+
+    def _root_if_alive(self) -> list[int]:
+        if not self.root:
+            return []
+        return descendants([self.root]) if os.path.exists(f"/proc/{self.root}") else []
+
+    def _reap(self, pids: Iterable[int]) -> None:
+        mine = set(_children_of(os.getpid())) - self._children_before
+        for pid in pids:
+            if pid in mine and pid != self.root:
+                try:
+                    os.waitpid(pid, 0)
+                except ChildProcessError:
+                    pass

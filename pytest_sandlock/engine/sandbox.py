@@ -1,0 +1,277 @@
+"""The engine's public API: ``Sandbox(policy, policy_fn).run(argv)`` and ``.call(fn, *args)``.
+
+Usable without pytest. Each run forks a child, confines it (Landlock + seccomp with a listener), and
+supervises it from the calling thread until the child and every process it started are gone.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import signal
+import site
+import struct
+import sys
+import sysconfig
+import tempfile
+import time
+import traceback
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from . import landlock, seccomp_filter
+from .errors import ChildException, SandboxCrash
+from .launcher import Confinement, close_launched, exec_target, launch
+from .policy import Policy, PolicyContext, SyscallEvent, tcp_ports_of
+from .supervisor import PolicyFn, Supervisor
+
+# Device files every program expects to write; /dev/shm backs POSIX semaphores (multiprocessing).
+ALWAYS_WRITABLE_DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/tty", "/dev/pts", "/dev/shm")
+SYSTEM_READABLE = (
+    "/usr/lib",
+    "/usr/lib64",
+    "/lib",
+    "/lib64",
+    "/usr/share/zoneinfo",
+    "/etc",
+    "/proc",
+    "/sys",
+    "/dev",
+)
+_LEN = struct.Struct("=Q")
+
+
+def always_writable() -> tuple[str, ...]:
+    return (os.path.realpath(tempfile.gettempdir()), *ALWAYS_WRITABLE_DEVICES)
+
+
+def interpreter_readable() -> tuple[str, ...]:
+    """What this interpreter needs to keep running and importing when ``fs_read`` is narrowed."""
+    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, os.path.dirname(sys.executable)}
+    for key in ("stdlib", "platstdlib", "purelib", "platlib"):
+        value = sysconfig.get_paths().get(key)
+        if value:
+            paths.add(value)
+    try:
+        paths.update(site.getsitepackages())
+        paths.add(site.getusersitepackages())
+    except AttributeError:
+        pass
+    paths.update(p for p in sys.path if p)
+    paths.add(os.getcwd())
+    paths.update(SYSTEM_READABLE)
+    return tuple(sorted(os.path.realpath(p) for p in paths if os.path.exists(p)))
+
+
+@dataclass
+class RunResult:
+    returncode: int
+    stdout: bytes
+    stderr: bytes
+    events: list[SyscallEvent]
+    timed_out: bool = False
+
+    @property
+    def denials(self) -> list[SyscallEvent]:
+        return [e for e in self.events if e.denied]
+
+
+@dataclass
+class CallResult:
+    value: Any
+    events: list[SyscallEvent]
+    internal_errors: list[str] = field(default_factory=list)
+
+    @property
+    def denials(self) -> list[SyscallEvent]:
+        return [e for e in self.events if e.denied]
+
+
+class _PlainDataUnpickler(pickle.Unpickler):
+    """Only builtin data types: the child is untrusted and must not run code in this process."""
+
+    SAFE = {
+        ("builtins", n)
+        for n in (
+            "set",
+            "frozenset",
+            "list",
+            "dict",
+            "tuple",
+            "bytearray",
+            "complex",
+            "range",
+            "slice",
+            "bytes",
+        )
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self.SAFE:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(
+            f"the sandboxed callable returned a {module}.{name}; only plain data crosses back"
+        )
+
+
+def _load_plain(data: bytes) -> Any:
+    return _PlainDataUnpickler(io.BytesIO(data)).load()
+
+
+def _describe_status(status: Optional[int]) -> str:
+    if status is None:
+        return "the child vanished"
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(sig).name
+        except ValueError:
+            name = str(sig)
+        return f"the child was killed by signal {name}"
+    return f"the child exited with status {os.WEXITSTATUS(status)} without a result"
+
+
+class Sandbox:
+    """A reusable sandbox configuration; each ``run``/``call`` is a fresh confined process tree."""
+
+    def __init__(
+        self,
+        policy: Optional[Policy] = None,
+        policy_fn: Optional[PolicyFn] = None,
+        *,
+        audit: bool = False,
+        close_fds: Iterable[int] = (),
+        extra_fs_write: Iterable[str] = (),
+    ) -> None:
+        self.policy = policy if policy is not None else Policy()
+        self.policy_fn = policy_fn
+        self.audit = audit
+        self.close_fds = tuple(close_fds)
+        self.writable = tuple(
+            dict.fromkeys(
+                (*self.policy.fs_write, *(os.path.realpath(p) for p in extra_fs_write), *always_writable())
+            )
+        )
+        self.compiled = seccomp_filter.compiled_filter()
+        self.ruleset = None if audit else landlock.get_ruleset(self.landlock_spec())
+        self.notes: list[str] = list(self.ruleset.notes) if self.ruleset is not None else []
+
+    def landlock_spec(self) -> landlock.LandlockSpec:
+        policy = self.policy
+        fs_read: Optional[tuple[str, ...]] = None
+        if policy.fs_read is not None:
+            fs_read = tuple(dict.fromkeys((*policy.fs_read, *interpreter_readable())))
+        tcp: Optional[frozenset[int]] = None if policy.net is None else tcp_ports_of(policy.net)
+        return landlock.LandlockSpec(
+            fs_read=fs_read,
+            fs_write=self.writable,
+            fs_deny=policy.fs_deny,
+            tcp_connect_ports=tcp,
+            tcp_bind_ports=None,
+        )
+
+    # ------------------------------------------------------------------ running
+    def _supervise(
+        self, target: Callable[[int], None], *, capture_output: bool = False, timeout: Optional[float] = None
+    ) -> tuple[Supervisor, Any]:
+        conf = Confinement(
+            ruleset=self.ruleset,
+            compiled=self.compiled,
+            max_memory=self.policy.max_memory,
+            close_fds=self.close_fds,
+        )
+        launched = launch(conf, target, capture_output=capture_output, stdin_devnull=capture_output)
+        effective_timeout = timeout if timeout is not None else self.policy.timeout
+        deadline = None if effective_timeout is None else time.monotonic() + effective_timeout
+        supervisor: Optional[Supervisor] = None
+
+        def on_change(field_name: str) -> None:
+            if field_name == "max_memory" and supervisor is not None:
+                supervisor.apply_memory_limit()
+
+        ctx = PolicyContext(self.policy, on_change=on_change)
+        try:
+            supervisor = Supervisor(
+                listener=launched.listener,
+                ctx=ctx,
+                tree=launched.tree,
+                root_pid=launched.pid,
+                root_pidfd=launched.pidfd,
+                result_fd=launched.result_fd,
+                writable=self.writable,
+                policy_fn=self.policy_fn,
+                audit=self.audit,
+                channel=launched.channel,
+                output_fds=launched.output_fds,
+                deadline=deadline,
+                memory_base=launched.memory_base,
+            )
+            outcome = supervisor.run()
+        finally:
+            if supervisor is None:
+                launched.tree.kill_all()
+            close_launched(launched)
+        return supervisor, outcome
+
+    def run(
+        self,
+        argv: Sequence[str],
+        timeout: Optional[float] = None,
+        cwd: Optional[str] = None,
+        env: Optional[dict[str, str]] = None,
+    ) -> RunResult:
+        """Run a command confined; returns its code, output and events."""
+        if isinstance(argv, (str, bytes)) or not argv:
+            raise ValueError(f"argv must be a non-empty list of strings, got {argv!r}")
+        supervisor, outcome = self._supervise(
+            exec_target(argv, cwd, env), capture_output=True, timeout=timeout
+        )
+        status = outcome.root_status
+        if outcome.timed_out:
+            returncode = -signal.SIGKILL
+        elif status is None:
+            returncode = -1
+        elif os.WIFSIGNALED(status):
+            returncode = -os.WTERMSIG(status)
+        else:
+            returncode = os.WEXITSTATUS(status)
+        stderr = outcome.stderr
+        if outcome.result:  # exec failed: the child wrote "errno:message"
+            stderr += b"pytest-sandlock: cannot execute " + argv[0].encode() + b": " + outcome.result + b"\n"
+        return RunResult(returncode, outcome.stdout, stderr, supervisor.events, outcome.timed_out)
+
+    def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> CallResult:
+        """Run ``fn(*args, **kwargs)`` in a confined fork; its (plain-data) return value comes back."""
+
+        def target(result_fd: int) -> None:
+            try:
+                payload = pickle.dumps(("ok", fn(*args, **kwargs)), protocol=pickle.HIGHEST_PROTOCOL)
+            except BaseException as exc:  # noqa: BLE001 - every failure crosses back as text
+                payload = pickle.dumps(("error", type(exc).__name__, str(exc), traceback.format_exc()))
+            _write_result(result_fd, payload)
+            os._exit(0)
+
+        supervisor, outcome = self._supervise(target)
+        events = supervisor.events
+        if outcome.timed_out:
+            raise SandboxCrash(f"timeout after {self._timeout_text()}", events)
+        data = outcome.result
+        if not data or len(data) < _LEN.size or len(data) < _LEN.size + _LEN.unpack_from(data)[0]:
+            raise SandboxCrash(_describe_status(outcome.root_status), events, outcome.root_status)
+        message = _load_plain(data[_LEN.size : _LEN.size + _LEN.unpack_from(data)[0]])
+        if message[0] == "ok":
+            return CallResult(message[1], events, outcome.internal_errors)
+        _, exc_type, text, tb = message
+        raise ChildException(exc_type, text, tb, events)
+
+    def _timeout_text(self) -> str:
+        return f"{self.policy.timeout}s" if self.policy.timeout is not None else "the deadline"
+
+
+def _write_result(fd: int, payload: bytes) -> None:
+    data = memoryview(_LEN.pack(len(payload)) + payload)
+    while data:
+        written = os.write(fd, data)
+        data = data[written:]

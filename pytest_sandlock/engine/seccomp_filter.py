@@ -1,0 +1,161 @@
+"""The seccomp program every sandboxed process runs under.
+
+Built once per process with pyseccomp (libseccomp) and exported as classic BPF; the forked child installs
+it with a single raw ``seccomp()`` call, so the per-test cost is one syscall, not a compilation.
+
+What the filter does, and why:
+
+* **Notify** (the supervisor in the pytest process decides): ``connect``, ``bind``, ``sendmsg``,
+  ``sendmmsg`` (destinations live in memory BPF cannot read), ``sendto`` only when it carries a
+  destination (``socket.send()`` is ``sendto(fd, buf, len, flags, NULL, 0)``: notifying it would make
+  every send 10x slower), ``execve``/``execveat`` (recorded, then continued; Landlock's execute right is
+  what enforces), the process-creating calls (``fork``, ``vfork``, ``clone`` without ``CLONE_THREAD``)
+  for process events and ``max_processes``, opens that can write and the other path-mutating calls (so
+  a denied write is an observable event), and ``seccomp()`` asking for a second listener (the kernel
+  allows one per filter chain: the supervisor answers with a clear event instead of a mystery EBUSY).
+* **ENOSYS**: ``clone3`` (BPF cannot read its flags; glibc falls back to ``clone``, whose flags it can)
+  and ``openat2`` (its flags live in memory; libc falls back to ``openat``).
+* **EPERM**, the escape list: ``io_uring_*`` (performs connects and opens without any of the syscalls
+  above), ``ptrace`` and ``process_vm_writev`` (rewrite another process's memory or registers after the
+  supervisor checked them), ``userfaultfd`` (stretches kernel race windows), ``bpf``/``perf_event_open``
+  (kernel attack surface and side channels), namespaces and mounts (``unshare``, ``setns``, ``mount``,
+  the new mount API, ``pivot_root``, ``chroot``), kernel modules and ``kexec``, the kernel keyring
+  (not namespaced), ``open_by_handle_at`` (the classic container escape), ``acct``, ``swapon``,
+  ``reboot``, clock setting, ``iopl``/``ioperm``.
+* Any other syscall ABI (32-bit ``int 0x80`` and its ``socketcall``, x32) kills the process: a hand
+  written prefix checks the architecture and the x32 bit before libseccomp's program runs.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import struct
+import tempfile
+from dataclasses import dataclass
+from typing import Optional
+
+import pyseccomp as sc
+
+from .syscalls import seccomp as _seccomp_syscall
+
+SECCOMP_SET_MODE_FILTER = 1
+SECCOMP_GET_NOTIF_SIZES = 3
+FLAG_NEW_LISTENER = 1 << 3
+FLAG_WAIT_KILLABLE_RECV = 1 << 5
+
+SECCOMP_RET_KILL_PROCESS = 0x80000000
+AUDIT_ARCH_X86_64 = 0xC000003E
+X32_SYSCALL_BIT = 0x40000000
+
+CLONE_THREAD = 0x00010000
+O_WRITE_FLAGS = (os.O_CREAT, os.O_TRUNC)  # checked as single bits; access mode checked separately
+
+# Calls that mutate the filesystem by path: notified so a denial is an event (Landlock enforces).
+PATH_MUTATING = (
+    "creat", "truncate", "unlink", "unlinkat", "rename", "renameat", "renameat2", "mkdir", "mkdirat",
+    "rmdir", "symlink", "symlinkat", "link", "linkat", "mknod", "mknodat", "chmod", "fchmodat",
+    "fchmodat2", "chown", "lchown", "fchownat", "utimes", "utimensat", "futimesat",
+)  # fmt: skip
+
+NOTIFIED_ALWAYS = ("connect", "bind", "sendmsg", "sendmmsg", "execve", "execveat", "fork", "vfork")
+
+ESCAPES = (
+    "io_uring_setup", "io_uring_enter", "io_uring_register", "ptrace", "process_vm_writev",
+    "userfaultfd", "bpf", "perf_event_open", "unshare", "setns", "mount", "umount2", "pivot_root",
+    "chroot", "fsopen", "fsconfig", "fsmount", "fspick", "move_mount", "open_tree", "mount_setattr",
+    "init_module", "finit_module", "delete_module", "kexec_load", "kexec_file_load", "add_key",
+    "request_key", "keyctl", "open_by_handle_at", "acct", "swapon", "swapoff", "reboot",
+    "settimeofday", "clock_settime", "clock_adjtime", "adjtimex", "iopl", "ioperm",
+)  # fmt: skip
+
+ENOSYS_CALLS = ("clone3", "openat2")
+
+
+def _build() -> sc.SyscallFilter:
+    flt = sc.SyscallFilter(sc.ALLOW)
+    flt.set_attr(sc.Attr.ACT_BADARCH, sc.KILL_PROCESS)
+    for name in NOTIFIED_ALWAYS + PATH_MUTATING:
+        flt.add_rule(sc.NOTIFY, name)
+    flt.add_rule(sc.NOTIFY, "sendto", sc.Arg(4, sc.NE, 0))
+    flt.add_rule(sc.NOTIFY, "clone", sc.Arg(0, sc.MASKED_EQ, CLONE_THREAD, 0))
+    for name, flags_arg in (("open", 1), ("openat", 2)):
+        flt.add_rule(sc.NOTIFY, name, sc.Arg(flags_arg, sc.MASKED_EQ, os.O_ACCMODE, os.O_WRONLY))
+        flt.add_rule(sc.NOTIFY, name, sc.Arg(flags_arg, sc.MASKED_EQ, os.O_ACCMODE, os.O_RDWR))
+        for bit in O_WRITE_FLAGS:
+            flt.add_rule(sc.NOTIFY, name, sc.Arg(flags_arg, sc.MASKED_EQ, bit, bit))
+    flt.add_rule(sc.NOTIFY, "seccomp", sc.Arg(1, sc.MASKED_EQ, FLAG_NEW_LISTENER, FLAG_NEW_LISTENER))
+    for name in ENOSYS_CALLS:
+        flt.add_rule(sc.ERRNO(errno.ENOSYS), name)
+    for name in ESCAPES:
+        flt.add_rule(sc.ERRNO(errno.EPERM), name)
+    return flt
+
+
+def _bpf_insn(code: int, jt: int, jf: int, k: int) -> bytes:
+    return struct.pack("=HBBI", code, jt, jf, k)
+
+
+_BPF_LD_W_ABS = 0x20
+_BPF_JEQ_K = 0x15
+_BPF_JGE_K = 0x35
+_BPF_RET_K = 0x06
+
+
+def _arch_prefix() -> bytes:
+    """Kill any syscall that is not native x86-64 (i386 entry, x32 numbers) before anything else runs."""
+    return b"".join(
+        (
+            _bpf_insn(_BPF_LD_W_ABS, 0, 0, 4),  # seccomp_data.arch
+            _bpf_insn(_BPF_JEQ_K, 1, 0, AUDIT_ARCH_X86_64),
+            _bpf_insn(_BPF_RET_K, 0, 0, SECCOMP_RET_KILL_PROCESS),
+            _bpf_insn(_BPF_LD_W_ABS, 0, 0, 0),  # seccomp_data.nr
+            _bpf_insn(_BPF_JGE_K, 0, 1, X32_SYSCALL_BIT),
+            _bpf_insn(_BPF_RET_K, 0, 0, SECCOMP_RET_KILL_PROCESS),
+        )
+    )
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+@dataclass
+class CompiledFilter:
+    """A ready-to-install program; ``fprog_address`` stays valid while this object lives."""
+
+    program: bytes
+    buffer: ctypes.Array[ctypes.c_char]
+    fprog: _SockFprog
+
+    @property
+    def instructions(self) -> int:
+        return len(self.program) // 8
+
+    @property
+    def fprog_address(self) -> int:
+        return ctypes.addressof(self.fprog)
+
+
+_compiled: Optional[CompiledFilter] = None
+
+
+def compiled_filter() -> CompiledFilter:
+    """The program, compiled on first use and cached for the life of the process."""
+    global _compiled
+    if _compiled is None:
+        with tempfile.TemporaryFile() as out:
+            _build().export_bpf(out)
+            out.seek(0)
+            program = _arch_prefix() + out.read()
+        buffer = ctypes.create_string_buffer(program, len(program))
+        fprog = _SockFprog(len(program) // 8, ctypes.addressof(buffer))
+        _compiled = CompiledFilter(program, buffer, fprog)
+    return _compiled
+
+
+def install(compiled: CompiledFilter, wait_killable: bool = True) -> int:
+    """Install in the calling (single-threaded) process; returns the listener fd."""
+    flags = FLAG_NEW_LISTENER | (FLAG_WAIT_KILLABLE_RECV if wait_killable else 0)
+    return _seccomp_syscall(SECCOMP_SET_MODE_FILTER, flags, compiled.fprog_address)

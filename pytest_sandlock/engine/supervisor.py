@@ -1,0 +1,748 @@
+"""The supervisor: a poll loop in the calling thread that answers seccomp notifications.
+
+One loop multiplexes the listener, the child's result pipe, the live-policy channel, output pipes,
+the root child's pidfd and connects still in progress. No threads: the GIL would make them slow and
+forking a threaded pytest process is unsafe.
+
+Every network syscall on a socket is performed here, on a duplicate of the child's socket obtained
+with ``pidfd_getfd``, with the address bytes that were copied and checked: the kernel never re-reads
+the child's memory, and no descriptor swap in the child can redirect the call. A connect that would
+block is started non-blocking and answered when it completes, so one black-holed destination stalls
+nothing else and never defeats the timeout.
+
+Failure is closed: any error while deciding a notification denies it and records why.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import resource
+import select
+import socket
+import struct
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+import pyseccomp as sc
+
+from . import childmem, netops
+from .channel import ChannelServer
+from .notify import Listener, Notification
+from .policy import (
+    PolicyContext,
+    SyscallCategory,
+    SyscallEvent,
+    Verdict,
+    coerce_verdict,
+    is_path_within,
+)
+from .proctree import ProcessTree, read_status
+from .syscalls import PIDFD_THREAD, pidfd_getfd, pidfd_open
+
+PolicyFn = Callable[[SyscallEvent, PolicyContext], Any]
+
+AT_FDCWD = -100
+AT_EMPTY_PATH = 0x1000
+CLONE_NAMESPACE_FLAGS = 0x7E020000
+MAX_DATA = 16 * 1024 * 1024
+
+
+def _nr(name: str) -> int:
+    return int(sc.resolve_syscall(sc.Arch.NATIVE, name))
+
+
+def _s32(value: int) -> int:
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value & 0x80000000 else value
+
+
+# (syscall, index of dirfd or None, index of the path that gets written)
+_PATH_CALLS: dict[str, tuple[tuple[Optional[int], int], ...]] = {
+    "creat": ((None, 0),),
+    "truncate": ((None, 0),),
+    "unlink": ((None, 0),),
+    "rmdir": ((None, 0),),
+    "mkdir": ((None, 0),),
+    "mknod": ((None, 0),),
+    "chmod": ((None, 0),),
+    "chown": ((None, 0),),
+    "lchown": ((None, 0),),
+    "utimes": ((None, 0),),
+    "rename": ((None, 0), (None, 1)),
+    "link": ((None, 1),),
+    "symlink": ((None, 1),),
+    "unlinkat": ((0, 1),),
+    "mkdirat": ((0, 1),),
+    "mknodat": ((0, 1),),
+    "fchmodat": ((0, 1),),
+    "fchmodat2": ((0, 1),),
+    "fchownat": ((0, 1),),
+    "utimensat": ((0, 1),),
+    "futimesat": ((0, 1),),
+    "renameat": ((0, 1), (2, 3)),
+    "renameat2": ((0, 1), (2, 3)),
+    "linkat": ((2, 3),),
+    "symlinkat": ((1, 2),),
+    "open": ((None, 0),),
+    "openat": ((0, 1),),
+}
+
+_PROCESS_CALLS = ("fork", "vfork", "clone")
+
+
+@dataclass
+class _Pending:
+    """A syscall answered later: a connect in progress or a send waiting for buffer space."""
+
+    nid: int
+    sock: int
+    event: SyscallEvent
+    retry: Optional[Callable[[], int]] = None  # a send to retry; None for a connect
+
+
+@dataclass
+class Outcome:
+    result: Optional[bytes] = None
+    root_status: Optional[int] = None
+    timed_out: bool = False
+    stdout: bytes = b""
+    stderr: bytes = b""
+    internal_errors: list[str] = field(default_factory=list)
+
+
+class Supervisor:
+    def __init__(
+        self,
+        *,
+        listener: Listener,
+        ctx: PolicyContext,
+        tree: ProcessTree,
+        root_pid: int,
+        root_pidfd: int,
+        result_fd: int,
+        writable: tuple[str, ...],
+        policy_fn: Optional[PolicyFn] = None,
+        audit: bool = False,
+        channel: Optional[ChannelServer] = None,
+        output_fds: tuple[int, ...] = (),
+        deadline: Optional[float] = None,
+        memory_base: int = 0,
+    ) -> None:
+        self.listener = listener
+        self.ctx = ctx
+        self.tree = tree
+        self.root_pid = root_pid
+        self.root_pidfd = root_pidfd
+        self.result_fd = result_fd
+        self.writable = writable
+        self.policy_fn = policy_fn
+        self.audit = audit
+        self.channel = channel
+        self.deadline = deadline
+        self.memory_base = memory_base
+        self.events: list[SyscallEvent] = []
+        self.outcome = Outcome()
+        self._result_buf = bytearray()
+        self._outputs = {fd: bytearray() for fd in output_fds}
+        self._pending: dict[int, _Pending] = {}
+        self._pidfds: dict[int, int] = {}
+        self._procinfo: dict[int, tuple[int, int]] = {}
+        self._abstract_bound: set[bytes] = set()
+        self._handlers = self._build_handlers()
+        if channel is not None:
+            channel.bind(self)
+
+    # ------------------------------------------------------------------ dispatch table
+    def _build_handlers(self) -> dict[int, Callable[[Notification], None]]:
+        table: dict[int, Callable[[Notification], None]] = {
+            _nr("connect"): self._on_connect,
+            _nr("bind"): self._on_bind,
+            _nr("sendto"): self._on_sendto,
+            _nr("sendmsg"): self._on_sendmsg,
+            _nr("sendmmsg"): self._on_sendmmsg,
+            _nr("execve"): self._on_exec,
+            _nr("execveat"): self._on_exec,
+            _nr("seccomp"): self._on_seccomp,
+        }
+        for name in _PROCESS_CALLS:
+            table[_nr(name)] = self._on_process
+        for name in _PATH_CALLS:
+            table[_nr(name)] = self._on_path
+        return table
+
+    def _names(self) -> dict[int, str]:
+        names = {_nr(n): n for n in _PATH_CALLS}
+        names.update({_nr(n): n for n in (*_PROCESS_CALLS, "execve", "execveat")})
+        return names
+
+    # ------------------------------------------------------------------ main loop
+    def run(self) -> Outcome:
+        poller = select.poll()
+        poller.register(self.listener.fd, select.POLLIN)
+        poller.register(self.root_pidfd, select.POLLIN)
+        poller.register(self.result_fd, select.POLLIN)
+        for fd in self._outputs:
+            poller.register(fd, select.POLLIN)
+        if self.channel is not None:
+            poller.register(self.channel.request_fd, select.POLLIN)
+        open_fds = {self.result_fd, *self._outputs}
+        listener_fd = self.listener.fd
+        root_done = False
+        while True:
+            timeout_ms: Optional[int] = None
+            if self.deadline is not None:
+                remaining = self.deadline - time.monotonic()
+                if remaining <= 0:
+                    self.outcome.timed_out = True
+                    break
+                timeout_ms = max(1, int(remaining * 1000))
+            try:
+                ready = poller.poll(timeout_ms)
+            except InterruptedError:
+                continue
+            for fd, mask in ready:
+                if fd == listener_fd:
+                    if mask & select.POLLIN:
+                        self._receive_one()
+                    elif mask & (select.POLLHUP | select.POLLERR):
+                        poller.unregister(fd)
+                        listener_fd = -1
+                elif fd == self.root_pidfd:
+                    root_done = True
+                    poller.unregister(fd)
+                elif fd in open_fds:
+                    if not self._read_pipe(fd):
+                        poller.unregister(fd)
+                        open_fds.discard(fd)
+                elif self.channel is not None and fd == self.channel.request_fd:
+                    if not self.channel.serve():
+                        poller.unregister(fd)
+                elif fd in self._pending:
+                    poller.unregister(fd)
+                    self._complete_pending(fd)
+            for sock in list(self._pending):
+                if not self._pending[sock].__dict__.get("_polled"):
+                    self._pending[sock].__dict__["_polled"] = True
+                    poller.register(sock, select.POLLOUT)
+            if root_done:
+                break
+        self._finish(open_fds)
+        return self.outcome
+
+    def _finish(self, open_fds: set[int]) -> None:
+        # The root is gone (or timed out): whatever else of the tree lives is a straggler.
+        self.tree.kill_all()
+        try:
+            _, status = os.waitpid(self.root_pid, 0)
+            self.outcome.root_status = status
+        except ChildProcessError:
+            pass
+        self.tree.kill_all()
+        for fd in list(open_fds):
+            while self._read_pipe(fd, block=False):
+                pass
+        self.outcome.result = bytes(self._result_buf) if self._result_buf else None
+        self.outcome.stdout = bytes(self._outputs.get(self._out_fd(0), b""))
+        self.outcome.stderr = bytes(self._outputs.get(self._out_fd(1), b""))
+        for pending in self._pending.values():
+            os.close(pending.sock)
+        self._pending.clear()
+        for pidfd in self._pidfds.values():
+            os.close(pidfd)
+        self._pidfds.clear()
+
+    def _out_fd(self, index: int) -> int:
+        fds = list(self._outputs)
+        return fds[index] if index < len(fds) else -1
+
+    def _read_pipe(self, fd: int, block: bool = True) -> bool:
+        try:
+            if not block:
+                os.set_blocking(fd, False)
+            data = os.read(fd, 1 << 16)
+        except BlockingIOError:
+            return False
+        except OSError:
+            return False
+        if not data:
+            return False
+        if fd == self.result_fd:
+            self._result_buf += data
+        else:
+            self._outputs[fd] += data
+        return True
+
+    # ------------------------------------------------------------------ notifications
+    def _receive_one(self) -> None:
+        notif = self.listener.receive()
+        if notif is None:
+            return
+        handler = self._handlers.get(notif.nr)
+        try:
+            if handler is None:
+                # Not a syscall this filter notifies: a filter/engine mismatch. Deny, say so.
+                self._record_internal(notif, f"unexpected syscall {notif.nr}")
+                self.listener.fail(notif.id, errno.ENOSYS)
+                return
+            handler(notif)
+        except ProcessLookupError:
+            self.listener.fail(notif.id, errno.ESRCH)
+        except Exception as exc:  # fail closed: an internal error is a denial, never an allow
+            self._record_internal(notif, f"supervisor error: {type(exc).__name__}: {exc}")
+            try:
+                self.listener.fail(notif.id, errno.EACCES)
+            except OSError:
+                pass
+
+    def _record_internal(self, notif: Notification, reason: str) -> None:
+        self.outcome.internal_errors.append(reason)
+        pid, ppid = self._proc(notif.pid)
+        self.events.append(
+            SyscallEvent(
+                syscall=self._names().get(notif.nr, str(notif.nr)),
+                category=SyscallCategory.PROCESS,
+                pid=pid,
+                parent_pid=ppid or None,
+                denied=True,
+                errno=errno.EACCES,
+                reason=reason,
+            )
+        )
+
+    def _proc(self, tid: int) -> tuple[int, int]:
+        info = self._procinfo.get(tid)
+        if info is None:
+            info = read_status(tid)
+            self._procinfo[tid] = info
+        return info
+
+    def _pidfd(self, tid: int) -> int:
+        """A pidfd for the thread ``tid``, cached; a stale one (tid reused) is replaced."""
+        fd = self._pidfds.get(tid)
+        if fd is not None:
+            if not select.select([fd], [], [], 0)[0]:
+                return fd
+            os.close(fd)
+            self._procinfo.pop(tid, None)
+        try:
+            fd = pidfd_open(tid, PIDFD_THREAD)
+        except OSError:
+            fd = pidfd_open(self._proc(tid)[0], 0)
+        self._pidfds[tid] = fd
+        return fd
+
+    def _grab_fd(self, notif: Notification, fd_arg: int) -> int:
+        return pidfd_getfd(self._pidfd(notif.pid), _s32(fd_arg))
+
+    # ------------------------------------------------------------------ verdicts
+    def _decide(self, event: SyscallEvent, static_ok: bool, reason: str) -> tuple[bool, int, SyscallEvent]:
+        """Combine the static decision and the callback into (allowed, errno, event to record)."""
+        if not static_ok:
+            if self.audit:
+                return True, 0, _with(event, reason=f"audit: would be denied ({reason})")
+            return False, errno.EACCES, _with(event, denied=True, errno=errno.EACCES, reason=reason)
+        if self.policy_fn is None:
+            return True, 0, event
+        try:
+            verdict, problem = coerce_verdict(self.policy_fn(event, self.ctx))
+        except Exception as exc:  # a callback that raises denies (sandlock allowed: not here)
+            verdict, problem = Verdict.DENY, f"policy_fn raised {type(exc).__name__}: {exc}"
+        if problem is not None:
+            self.outcome.internal_errors.append(problem)
+        if verdict.is_deny:
+            if self.audit:
+                return True, 0, _with(event, reason=f"audit: policy_fn would deny ({problem or verdict})")
+            err = verdict.errno or errno.EPERM
+            return False, err, _with(event, denied=True, errno=err, reason=problem or "denied by policy_fn")
+        if verdict.is_audit:
+            return True, 0, _with(event, reason="audit")
+        return True, 0, event
+
+    def _base_event(
+        self, notif: Notification, syscall: str, category: SyscallCategory, **kw: Any
+    ) -> SyscallEvent:
+        pid, ppid = self._proc(notif.pid)
+        return SyscallEvent(syscall=syscall, category=category, pid=pid, parent_pid=ppid or None, **kw)
+
+    # ------------------------------------------------------------------ network
+    def _net_decision(self, pid: int, sock: int, addr: childmem.SockAddr) -> tuple[bool, str, str]:
+        """(allowed, reason, protocol) for sending to / connecting to ``addr`` from ``sock``."""
+        protocol = netops.protocol_of(sock, addr.family)
+        if addr.is_ip:
+            assert addr.host is not None and addr.port is not None
+            ok, reason = self.ctx.network_allowed(pid, protocol, addr.host, addr.port)
+            return ok, reason, protocol
+        if addr.family == socket.AF_UNIX:
+            if addr.abstract is not None:
+                if addr.abstract in self._abstract_bound:
+                    return True, "", "unix"
+                return False, "abstract unix socket not created in this sandbox", "unix"
+            return self._unix_path_ok(pid, addr.unix_path) + ("unix",)
+        if addr.family in (socket.AF_UNSPEC, socket.AF_NETLINK):
+            return True, "", protocol
+        if self.ctx.policy.net is None:
+            return True, "", protocol
+        return False, f"address family {addr.family} not allowed", protocol
+
+    def _unix_path_ok(self, pid: int, path: Optional[str]) -> tuple[bool, str]:
+        if not path:
+            return False, "empty unix socket path"
+        resolved = self._resolve(pid, AT_FDCWD, path)
+        real = os.path.realpath(resolved)
+        if self._is_writable(real):
+            return True, ""
+        return False, f"unix socket {real} is outside the writable paths"
+
+    def _on_connect(self, notif: Notification) -> None:
+        fd_arg, addr_ptr, addr_len = notif.args[0], notif.args[1], notif.args[2]
+        addr = childmem.read_sockaddr(notif.pid, addr_ptr, addr_len)
+        if not self.listener.id_valid(notif.id):
+            return
+        if addr is None:
+            self.listener.fail(notif.id, errno.EFAULT)
+            return
+        sock = self._grab_fd(notif, fd_arg)
+        try:
+            pid = self._proc(notif.pid)[0]
+            ok, reason, protocol = self._net_decision(pid, sock, addr)
+            event = self._net_event(notif, "connect", addr, protocol)
+            allowed, err, event = self._decide(event, ok, reason)
+            if not allowed:
+                self.events.append(event)
+                self.listener.fail(notif.id, err)
+                return
+            result, in_progress = netops.connect(sock, addr, self._unix_target(pid, addr))
+            if in_progress:
+                self._pending[sock] = _Pending(notif.id, sock, event)
+                sock = -1
+                return
+            self.events.append(event)
+            self.listener.reply(notif.id, result)
+        finally:
+            if sock >= 0:
+                os.close(sock)
+
+    def _unix_target(self, pid: int, addr: childmem.SockAddr) -> Optional[str]:
+        if addr.family == socket.AF_UNIX and addr.unix_path:
+            return os.path.realpath(self._resolve(pid, AT_FDCWD, addr.unix_path))
+        return None
+
+    def _net_event(
+        self, notif: Notification, syscall: str, addr: childmem.SockAddr, protocol: str
+    ) -> SyscallEvent:
+        return self._base_event(
+            notif,
+            syscall,
+            SyscallCategory.NETWORK,
+            host=addr.host,
+            port=addr.port,
+            protocol=protocol,
+            unix_path=addr.display_unix(),
+        )
+
+    def _complete_pending(self, sock: int) -> None:
+        pending = self._pending.pop(sock)
+        try:
+            if pending.retry is not None:
+                result = pending.retry()
+                if result == -errno.EAGAIN:
+                    self._pending[sock] = _Pending(pending.nid, sock, pending.event, pending.retry)
+                    return
+            else:
+                result = -netops.socket_error(sock)
+            self.events.append(pending.event)
+            self.listener.reply(pending.nid, result)
+        finally:
+            if sock not in self._pending:
+                os.close(sock)
+
+    def _on_bind(self, notif: Notification) -> None:
+        fd_arg, addr_ptr, addr_len = notif.args[0], notif.args[1], notif.args[2]
+        addr = childmem.read_sockaddr(notif.pid, addr_ptr, addr_len)
+        if not self.listener.id_valid(notif.id):
+            return
+        if addr is None:
+            self.listener.fail(notif.id, errno.EFAULT)
+            return
+        sock = self._grab_fd(notif, fd_arg)
+        try:
+            pid = self._proc(notif.pid)[0]
+            protocol = netops.protocol_of(sock, addr.family)
+            if addr.is_ip:
+                ok, reason = netops.bind_allowed(self.ctx, pid, protocol, addr)
+            elif addr.family == socket.AF_UNIX and addr.unix_path:
+                parent = os.path.dirname(self._resolve(pid, AT_FDCWD, addr.unix_path)) or "/"
+                ok = self._is_writable(os.path.realpath(parent))
+                reason = "" if ok else f"cannot create a unix socket in {parent}: not writable"
+            else:
+                ok, reason = True, ""
+            event = self._net_event(notif, "bind", addr, protocol)
+            allowed, err, event = self._decide(event, ok, reason)
+            self.events.append(event)
+            if not allowed:
+                self.listener.fail(notif.id, err)
+                return
+            if addr.family == socket.AF_UNIX and addr.unix_path:
+                result = netops.bind_unix_path(sock, self._resolve(pid, AT_FDCWD, addr.unix_path))
+            else:
+                result = netops.bind(sock, addr)
+            if result == 0 and addr.abstract is not None:
+                self._abstract_bound.add(addr.abstract)
+            self.listener.reply(notif.id, result)
+        finally:
+            os.close(sock)
+
+    def _on_sendto(self, notif: Notification) -> None:
+        fd_arg, buf, length, flags, addr_ptr, addr_len = notif.args
+        addr = childmem.read_sockaddr(notif.pid, addr_ptr, addr_len)
+        data = childmem.read_memory_safe(notif.pid, buf, min(length, MAX_DATA))
+        if not self.listener.id_valid(notif.id):
+            return
+        if addr is None:
+            self.listener.fail(notif.id, errno.EFAULT)
+            return
+        sock = self._grab_fd(notif, fd_arg)
+        pid = self._proc(notif.pid)[0]
+        ok, reason, protocol = self._net_decision(pid, sock, addr)
+        event = self._net_event(notif, "sendto", addr, protocol)
+        event = _with(event, size=len(data))
+        allowed, err, event = self._decide(event, ok, reason)
+        if not allowed:
+            os.close(sock)
+            self.events.append(event)
+            self.listener.fail(notif.id, err)
+            return
+        target = self._unix_target(pid, addr)
+
+        def attempt() -> int:
+            return netops.sendto(sock, data, _s32(flags), addr, target)
+
+        self._send_or_defer(notif.id, sock, event, attempt)
+
+    def _send_or_defer(self, nid: int, sock: int, event: SyscallEvent, attempt: Callable[[], int]) -> None:
+        result = attempt()
+        if result == -errno.EAGAIN and netops.is_blocking(sock):
+            self._pending[sock] = _Pending(nid, sock, event, attempt)
+            return
+        os.close(sock)
+        self.events.append(event)
+        self.listener.reply(nid, result)
+
+    def _on_sendmsg(self, notif: Notification) -> None:
+        fd_arg, msg_ptr, flags = notif.args[0], notif.args[1], notif.args[2]
+        msg = childmem.read_msghdr(notif.pid, msg_ptr, MAX_DATA)
+        if not self.listener.id_valid(notif.id):
+            return
+        sock = self._grab_fd(notif, fd_arg)
+        pid = self._proc(notif.pid)[0]
+        ok, reason, protocol, event = self._msg_decision(notif, pid, sock, msg, "sendmsg")
+        allowed, err, event = self._decide(event, ok, reason)
+        if not allowed:
+            os.close(sock)
+            self.events.append(event)
+            self.listener.fail(notif.id, err)
+            return
+        pidfd = self._pidfd(notif.pid)
+        target = self._unix_target(pid, msg.name) if msg.name is not None else None
+
+        def attempt() -> int:
+            return netops.sendmsg(sock, msg, _s32(flags), pidfd, target)
+
+        self._send_or_defer(notif.id, sock, event, attempt)
+
+    def _msg_decision(
+        self, notif: Notification, pid: int, sock: int, msg: childmem.MsgHdr, syscall: str
+    ) -> tuple[bool, str, str, SyscallEvent]:
+        if msg.name is None:
+            protocol = netops.protocol_of(sock, -1)
+            event = self._base_event(
+                notif, syscall, SyscallCategory.NETWORK, protocol=protocol, size=len(msg.data)
+            )
+            return True, "", protocol, event
+        ok, reason, protocol = self._net_decision(pid, sock, msg.name)
+        event = _with(self._net_event(notif, syscall, msg.name, protocol), size=len(msg.data))
+        return ok, reason, protocol, event
+
+    def _on_sendmmsg(self, notif: Notification) -> None:
+        fd_arg, vec_ptr, vlen, flags = notif.args[0], notif.args[1], min(notif.args[2], 1024), notif.args[3]
+        raw = childmem.read_memory_safe(notif.pid, vec_ptr, childmem.MMSGHDR_SIZE * vlen)
+        msgs = []
+        for i in range(len(raw) // childmem.MMSGHDR_SIZE):
+            fields = childmem.MSGHDR.unpack_from(raw, i * childmem.MMSGHDR_SIZE)
+            msgs.append(childmem.decode_msghdr(notif.pid, fields, MAX_DATA))
+        if not self.listener.id_valid(notif.id):
+            return
+        sock = self._grab_fd(notif, fd_arg)
+        try:
+            pid = self._proc(notif.pid)[0]
+            pidfd = self._pidfd(notif.pid)
+            sent = 0
+            first_error = 0
+            for i, msg in enumerate(msgs):
+                ok, reason, _protocol, event = self._msg_decision(notif, pid, sock, msg, "sendmmsg")
+                allowed, err, event = self._decide(event, ok, reason)
+                self.events.append(event)
+                if not allowed:
+                    first_error = -err
+                    break
+                target = self._unix_target(pid, msg.name) if msg.name is not None else None
+                result = netops.sendmsg(sock, msg, _s32(flags) | socket.MSG_DONTWAIT, pidfd, target)
+                if result < 0:
+                    first_error = result
+                    break
+                childmem.write_msg_len(notif.pid, vec_ptr + i * childmem.MMSGHDR_SIZE, result)
+                sent += 1
+            self.listener.reply(notif.id, sent if sent else (first_error or 0))
+        finally:
+            os.close(sock)
+
+    # ------------------------------------------------------------------ processes
+    def _on_exec(self, notif: Notification) -> None:
+        is_at = notif.nr == _nr("execveat")
+        path_arg, argv_arg = (notif.args[1], notif.args[2]) if is_at else (notif.args[0], notif.args[1])
+        path = childmem.read_path(notif.pid, path_arg) or ""
+        argv = childmem.read_argv(notif.pid, argv_arg)
+        if is_at and not path and notif.args[4] & AT_EMPTY_PATH:
+            path = _readlink(f"/proc/{notif.pid}/fd/{_s32(notif.args[0])}") or ""
+        if not self.listener.id_valid(notif.id):
+            return
+        event = self._base_event(
+            notif, "execveat" if is_at else "execve", SyscallCategory.PROCESS, argv=argv, path=path or None
+        )
+        allowed, err, event = self._decide(event, True, "")
+        self.events.append(event)
+        if allowed:
+            self.listener.continue_(notif.id)  # execve cannot be performed on behalf; Landlock enforces
+        else:
+            self.listener.fail(notif.id, err)
+
+    def _on_process(self, notif: Notification) -> None:
+        name = self._names()[notif.nr]
+        event = self._base_event(notif, name, SyscallCategory.PROCESS)
+        ok, reason = True, ""
+        limit = self.ctx.current().max_processes
+        if limit is not None and self.tree.count() >= limit:
+            ok, reason = False, f"max_processes={limit} reached"
+        if ok or self.audit:
+            allowed, err, event = self._decide(event, ok, reason)
+        else:
+            allowed, err = False, errno.EAGAIN
+            event = _with(event, denied=True, errno=errno.EAGAIN, reason=reason)
+        self.events.append(event)
+        if allowed:
+            self.listener.continue_(notif.id)
+        else:
+            self.listener.fail(notif.id, err)
+
+    def _on_seccomp(self, notif: Notification) -> None:
+        event = self._base_event(
+            notif,
+            "seccomp",
+            SyscallCategory.PROCESS,
+            denied=True,
+            errno=errno.EBUSY,
+            reason="a second seccomp notification listener cannot run inside pytest-sandlock (one per chain)",
+        )
+        self.events.append(event)
+        self.listener.fail(notif.id, errno.EBUSY)
+
+    # ------------------------------------------------------------------ filesystem
+    def _on_path(self, notif: Notification) -> None:
+        name = self._names()[notif.nr]
+        targets: list[str] = []
+        for dirfd_index, path_index in _PATH_CALLS[name]:
+            raw = childmem.read_path(notif.pid, notif.args[path_index])
+            dirfd = AT_FDCWD if dirfd_index is None else _s32(notif.args[dirfd_index])
+            if raw is None or raw == "":
+                # utimensat(fd, NULL) and friends act on the descriptor itself.
+                target = _readlink(f"/proc/{notif.pid}/fd/{dirfd}") if dirfd != AT_FDCWD else None
+                targets.append(target or "")
+            else:
+                targets.append(self._resolve(notif.pid, dirfd, raw))
+        if not self.listener.id_valid(notif.id):
+            return
+        follow = name in ("open", "openat", "creat", "truncate", "chmod", "chown", "utimes")
+        ok, reason = True, ""
+        for target in targets:
+            real = _predict_real(target, follow)
+            if not self._is_writable(real):
+                ok, reason = False, "outside the writable paths"
+                break
+        shown = targets[-1] if targets else None
+        event = self._base_event(notif, name, SyscallCategory.FILE, path=shown)
+        allowed, err, event = self._decide(event, ok, reason)
+        self.events.append(event)
+        if allowed:
+            self.listener.continue_(notif.id)  # Landlock is the authority for what passes
+        else:
+            self.listener.fail(notif.id, err)
+
+    def _resolve(self, pid: int, dirfd: int, path: str) -> str:
+        path = _proc_self(path, pid)
+        if path.startswith("/"):
+            return os.path.normpath(path)
+        base = _readlink(f"/proc/{pid}/cwd" if dirfd == AT_FDCWD else f"/proc/{pid}/fd/{dirfd}") or "/"
+        return os.path.normpath(os.path.join(base, path))
+
+    def _is_writable(self, path: str) -> bool:
+        if not path.startswith("/"):
+            return True  # pipe:[..], socket:[..], anon_inode: no path for Landlock to refuse
+        if self.ctx.path_denied(path):
+            return False
+        return any(is_path_within(path, root) for root in self.writable)
+
+    # ------------------------------------------------------------------ live policy
+    def apply_memory_limit(self) -> None:
+        """Re-apply RLIMIT_AS to every process of the tree after a grant or restrict."""
+        live = self.ctx.current().max_memory
+        ceiling = self.ctx.policy.max_memory
+        for pid in self.tree.members():
+            try:
+                soft = resource.RLIM_INFINITY if live is None else self.memory_base + live
+                hard_src = self.ctx.restricted_fields()
+                hard = soft if "max_memory" in hard_src or ceiling is None else self.memory_base + ceiling
+                if soft != resource.RLIM_INFINITY and hard != resource.RLIM_INFINITY:
+                    hard = max(hard, soft)
+                resource.prlimit(pid, resource.RLIMIT_AS, (soft, hard))
+            except (OSError, ValueError):
+                continue
+
+
+def _with(event: SyscallEvent, **changes: Any) -> SyscallEvent:
+    from dataclasses import replace
+
+    return replace(event, **changes)
+
+
+def _readlink(path: str) -> Optional[str]:
+    try:
+        return os.readlink(path)
+    except OSError:
+        return None
+
+
+def _proc_self(path: str, pid: int) -> str:
+    for prefix in ("/proc/self/", "/proc/thread-self/"):
+        if path.startswith(prefix):
+            return f"/proc/{pid}/" + path[len(prefix) :]
+    return path
+
+
+def _predict_real(path: str, follow: bool) -> str:
+    """Where a write to ``path`` lands, as Landlock will see it (symlinks resolved)."""
+    if not path.startswith("/"):
+        return path
+    if path.startswith("/proc/"):
+        target = _readlink(path)
+        if target is not None:
+            return target
+    if follow:
+        return os.path.realpath(path)
+    head, tail = os.path.split(path)
+    return os.path.join(os.path.realpath(head), tail)
+
+
+_ = struct  # kept for type-checkers of callers that pack replies

@@ -1,0 +1,161 @@
+"""Thin ctypes wrappers for the Linux syscalls the standard library does not expose.
+
+Only what the engine needs: pidfd_getfd, process_vm_readv, prctl, seccomp, and the socket calls the
+supervisor performs on a child's behalf with the exact bytes it copied and checked (going through the
+``socket`` module would re-encode addresses and need a socket object per call).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+from typing import Optional
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+# x86-64 syscall numbers (the engine only supports x86-64, see capabilities.py).
+NR_SECCOMP = 317
+NR_PIDFD_OPEN = 434
+NR_PIDFD_GETFD = 438
+
+PR_SET_PDEATHSIG = 1
+PR_SET_NO_NEW_PRIVS = 38
+PR_SET_CHILD_SUBREAPER = 36
+PR_GET_CHILD_SUBREAPER = 37
+
+PIDFD_THREAD = os.O_EXCL  # pidfd_open(tid, PIDFD_THREAD): a pidfd for a thread, kernel 6.9+
+
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+
+_prctl = _libc.prctl
+_prctl.restype = ctypes.c_int
+_prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+
+
+class _IoVec(ctypes.Structure):
+    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
+
+
+_process_vm_readv = _libc.process_vm_readv
+_process_vm_readv.restype = ctypes.c_ssize_t
+_process_vm_readv.argtypes = [
+    ctypes.c_int,
+    ctypes.POINTER(_IoVec),
+    ctypes.c_ulong,
+    ctypes.POINTER(_IoVec),
+    ctypes.c_ulong,
+    ctypes.c_ulong,
+]
+
+_connect = _libc.connect
+_connect.restype = ctypes.c_int
+_connect.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+_bind = _libc.bind
+_bind.restype = ctypes.c_int
+_bind.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint32]
+_sendto = _libc.sendto
+_sendto.restype = ctypes.c_ssize_t
+_sendto.argtypes = [
+    ctypes.c_int,
+    ctypes.c_char_p,
+    ctypes.c_size_t,
+    ctypes.c_int,
+    ctypes.c_char_p,
+    ctypes.c_uint32,
+]
+_getsockopt = _libc.getsockopt
+_getsockopt.restype = ctypes.c_int
+_getsockopt.argtypes = [
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_void_p,
+    ctypes.POINTER(ctypes.c_uint32),
+]
+
+
+def _check(result: int) -> int:
+    if result < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return result
+
+
+def _neg_errno(result: int) -> int:
+    """Return ``result`` or ``-errno``: the shape a seccomp notification answer wants."""
+    if result < 0:
+        return -ctypes.get_errno()
+    return result
+
+
+def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
+    return _check(_prctl(option, arg2, arg3, arg4, arg5))
+
+
+def pidfd_open(pid: int, flags: int = 0) -> int:
+    return _check(_syscall(ctypes.c_long(NR_PIDFD_OPEN), ctypes.c_long(pid), ctypes.c_long(flags)))
+
+
+def pidfd_getfd(pidfd: int, targetfd: int) -> int:
+    """Duplicate ``targetfd`` of the process behind ``pidfd`` into this process (close-on-exec)."""
+    return _check(
+        _syscall(
+            ctypes.c_long(NR_PIDFD_GETFD), ctypes.c_long(pidfd), ctypes.c_long(targetfd), ctypes.c_long(0)
+        )
+    )
+
+
+def seccomp(operation: int, flags: int, prog: ctypes.c_void_p | int | None) -> int:
+    return _check(
+        _syscall(
+            ctypes.c_long(NR_SECCOMP),
+            ctypes.c_long(operation),
+            ctypes.c_long(flags),
+            ctypes.c_void_p(prog if isinstance(prog, int) else (prog.value if prog is not None else 0)),
+        )
+    )
+
+
+def read_memory(pid: int, address: int, length: int) -> bytes:
+    """Copy ``length`` bytes at ``address`` in process ``pid``; a short read returns what was read."""
+    buf = ctypes.create_string_buffer(length)
+    local = _IoVec(ctypes.addressof(buf), length)
+    remote = _IoVec(address, length)
+    got = _check(_process_vm_readv(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0))
+    return buf.raw[:got]
+
+
+def connect_raw(fd: int, sockaddr: bytes) -> int:
+    return _neg_errno(_connect(fd, sockaddr, len(sockaddr)))
+
+
+def bind_raw(fd: int, sockaddr: bytes) -> int:
+    return _neg_errno(_bind(fd, sockaddr, len(sockaddr)))
+
+
+def sendto_raw(fd: int, data: bytes, flags: int, sockaddr: Optional[bytes]) -> int:
+    if sockaddr is None:
+        return _neg_errno(_sendto(fd, data, len(data), flags, None, 0))
+    return _neg_errno(_sendto(fd, data, len(data), flags, sockaddr, len(sockaddr)))
+
+
+def getsockopt_int(fd: int, level: int, option: int) -> int:
+    value = ctypes.c_int(0)
+    size = ctypes.c_uint32(ctypes.sizeof(value))
+    _check(_getsockopt(fd, level, option, ctypes.byref(value), ctypes.byref(size)))
+    return value.value
+
+
+_process_vm_writev = _libc.process_vm_writev
+_process_vm_writev.restype = ctypes.c_ssize_t
+_process_vm_writev.argtypes = _process_vm_readv.argtypes
+
+
+def write_memory(pid: int, address: int, data: bytes) -> int:
+    """Write ``data`` at ``address`` in process ``pid`` (used to fill in sendmmsg's msg_len fields)."""
+    buf = ctypes.create_string_buffer(data, len(data))
+    local = _IoVec(ctypes.addressof(buf), len(data))
+    remote = _IoVec(address, len(data))
+    return _check(_process_vm_writev(pid, ctypes.byref(local), 1, ctypes.byref(remote), 1, 0))
