@@ -60,15 +60,19 @@ class Runner:
         self._writable: Optional[tuple[str, ...]] = None
         self._close_fds: Optional[tuple[int, ...]] = None
 
-    def writable(self) -> tuple[str, ...]:
+    def extra_writable(self) -> tuple[str, ...]:
+        """Writable on top of the engine's own set (system temp dir, devices): pytest's basetemp."""
         if self._writable is None:
             paths = [tempfile.gettempdir()]
             factory = getattr(self.config, "_tmp_path_factory", None)
             if factory is not None:
                 paths.append(str(factory.getbasetemp()))
-            paths.extend(p for p in _DEVICES if os.path.exists(p))
             self._writable = tuple(dict.fromkeys(os.path.realpath(p) for p in paths))
         return self._writable
+
+    def temp_roots(self) -> tuple[str, ...]:
+        """Where writes are not worth listing in the audit summary."""
+        return (*self.extra_writable(), *_DEVICES)
 
     def close_fds(self) -> tuple[int, ...]:
         """Descriptors of pytest-xdist's channel (and pytest-reportlog's file) to close in the child."""
@@ -118,7 +122,9 @@ def apply_policy_hooks(item: pytest.Item, policy: Policy) -> Policy:
     return policy
 
 
-def compose_policy_fn(item: pytest.Item, marker_fn: Optional[Callable[..., Any]]) -> Optional[Callable[..., Any]]:
+def compose_policy_fn(
+    item: pytest.Item, marker_fn: Optional[Callable[..., Any]]
+) -> Optional[Callable[..., Any]]:
     """One callable for the engine: the marker's policy_fn, then the pytest_sandlock_event hook.
 
     The most restrictive answer wins; an invalid value is returned as is, so that the engine denies the
@@ -247,7 +253,7 @@ def _deliver_outputs(config: pytest.Config, out: dict[str, Any]) -> None:
         if buf is None or not data:
             continue
         buf.flush()
-        raw = buf.buffer  # bypasses TeeCaptureIO's echo: the child already echoed it
+        raw: Any = buf.buffer  # bypasses TeeCaptureIO's echo: the child already echoed it
         raw.seek(0, io.SEEK_END)
         raw.write(data)
     stream = _report_handler_stream(config)
@@ -266,11 +272,38 @@ def _deliver_outputs(config: pytest.Config, out: dict[str, Any]) -> None:
         warnings.showwarning(message, category, w["filename"], w["lineno"], None, w["line"])
 
 
+class _ExceptionUnpickler(pickle.Unpickler):
+    """Rebuilds exceptions and warnings from the child without letting it run code here.
+
+    The child is untrusted: a plain ``pickle.loads`` would let a test call anything in the pytest process
+    (``__reduce__`` returning ``os.system``). Only builtin data types and exception/warning classes of
+    modules this process has already imported are resolved; nothing is imported on the child's behalf.
+    """
+
+    _BUILTIN_DATA = frozenset(
+        ("builtins", n)
+        for n in ("set", "frozenset", "list", "dict", "tuple", "bytearray", "bytes", "complex")
+    )
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in self._BUILTIN_DATA:
+            return super().find_class(module, name)
+        obj: Any = sys.modules.get(module)
+        for part in name.split("."):
+            if obj is None or part.startswith("__"):
+                obj = None
+                break
+            obj = getattr(obj, part, None)
+        if isinstance(obj, type) and issubclass(obj, BaseException):
+            return obj
+        raise pickle.UnpicklingError(f"{module}.{name} is not an exception class")
+
+
 def _try_unpickle(data: Optional[bytes]) -> Any:
-    if data is None:
+    if not isinstance(data, bytes):
         return None
     try:
-        return pickle.loads(data)
+        return _ExceptionUnpickler(io.BytesIO(data)).load()
     except Exception:
         return None
 
@@ -310,7 +343,7 @@ def run_call(item: pytest.Item, runtest: Callable[[], None], spec: SandboxSpec, 
             policy_fn,
             audit=settings.audit,
             close_fds=runner.close_fds(),
-            extra_fs_write=runner.writable(),
+            extra_fs_write=runner.extra_writable(),
         )
         with warnings.catch_warnings():
             # Forking a threaded pytest (xdist workers) is what this plugin does on purpose.
@@ -318,9 +351,11 @@ def run_call(item: pytest.Item, runtest: Callable[[], None], spec: SandboxSpec, 
             result = sandbox.call(_child_main, item, runtest)
         out = result.value
         record.events = list(result.events)
+        for text in getattr(result, "internal_errors", ()):
+            warnings.warn(pytest.PytestWarning(f"sandlock: {text}"), stacklevel=1)
     except SandboxCrash as crash:
         record.events = list(crash.events)
-        problem = f"sandlock: the sandboxed test {crash.reason}"
+        problem = f"sandlock: {item.nodeid} did not finish: {crash.reason}"
     except ChildException as exc:
         record.events = list(exc.events)
         problem = f"sandlock: the sandboxed child failed outside the test: {exc.exc_type}: {exc.message}"
@@ -339,9 +374,9 @@ def run_call(item: pytest.Item, runtest: Callable[[], None], spec: SandboxSpec, 
     _deliver_outputs(item.config, out)
     info = out["exception"]
     if info is not None:
-        exc, longrepr = _rebuild_exception(item.config, info)
-        record.exception = exc
+        rebuilt, longrepr = _rebuild_exception(item.config, info)
+        record.exception = rebuilt
         record.longrepr = longrepr
-        raise exc
+        raise rebuilt
     if record.strict_denials:
         _fail(strict.failure_message(record.strict_denials))

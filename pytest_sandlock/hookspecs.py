@@ -10,7 +10,6 @@ if TYPE_CHECKING:
     from pytest_sandlock.engine.policy import Policy, PolicyContext, SyscallEvent
 
 
-
 @pytest.hookspec
 def pytest_sandlock_policy(item: pytest.Item, policy: Policy) -> Optional[Policy]:
     """Adjust the policy of a sandboxed test before its call phase is confined.

@@ -86,7 +86,9 @@ class SpecBuilder:
         if kwargs is not None:
             enabled = kwargs.pop("enabled", True)
             if not isinstance(enabled, bool):
-                raise MarkerError(f"{item.nodeid}: sandbox(enabled=...) must be True or False, got {enabled!r}")
+                raise MarkerError(
+                    f"{item.nodeid}: sandbox(enabled=...) must be True or False, got {enabled!r}"
+                )
             if not enabled:
                 return None
         elif not (self.settings.sandbox_everything or FIXTURE in getattr(item, "fixturenames", ())):

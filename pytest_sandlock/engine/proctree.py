@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 from collections.abc import Iterable
+from typing import Optional
 
 from .syscalls import PR_GET_CHILD_SUBREAPER, PR_SET_CHILD_SUBREAPER, prctl
 
@@ -78,6 +79,8 @@ class ProcessTree:
 
     def __init__(self) -> None:
         self.root = 0
+        self.root_reaped = False
+        self.root_status: Optional[int] = None
         self._own_filters = seccomp_filter_count(os.getpid())
         self._children_before: set[int] = set()
         self._was_subreaper = False
@@ -126,11 +129,14 @@ class ProcessTree:
         return len(self.members())
 
     def kill_all(self, rounds: int = 50) -> int:
-        """SIGKILL every member until none is left; reaps the ones that are our children."""
+        """SIGKILL every member until none is left; reaps the ones that are our children.
+
+        Call after the root has been reaped (see ``reap_root``): from then on every survivor is
+        an adopted orphan or a descendant of one.
+        """
         killed = 0
         for _ in range(rounds):
-            members = [p for p in self.members(include_root=False)] + self._root_if_alive()
-            members = [p for p in dict.fromkeys(members) if p != os.getpid()]
+            members = [p for p in self.members(include_root=not self.root_reaped) if p != os.getpid()]
             if not members:
                 break
             for pid in members:
@@ -139,13 +145,25 @@ class ProcessTree:
                     killed += 1
                 except ProcessLookupError:
                     pass
+            if not self.root_reaped and self.root in members:
+                self.reap_root()
             self._reap(members)
         return killed
 
-    def _root_if_alive(self) -> list[int]:
-        if not self.root:
-            return []
-        return descendants([self.root]) if os.path.exists(f"/proc/{self.root}") else []
+    def reap_root(self, block: bool = True) -> Optional[int]:
+        """Wait for the root child; returns its wait status (None if already reaped elsewhere)."""
+        if self.root_reaped:
+            return self.root_status
+        try:
+            pid, status = os.waitpid(self.root, 0 if block else os.WNOHANG)
+        except ChildProcessError:
+            self.root_reaped = True
+            return None
+        if pid == 0:
+            return None
+        self.root_reaped = True
+        self.root_status = status
+        return status
 
     def _reap(self, pids: Iterable[int]) -> None:
         mine = set(_children_of(os.getpid())) - self._children_before

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from . import landlock, seccomp_filter
+from . import capabilities, landlock, seccomp_filter
 from .errors import ChildException, SandboxCrash
 from .launcher import Confinement, close_launched, exec_target, launch
 from .policy import Policy, PolicyContext, SyscallEvent, tcp_ports_of
@@ -155,8 +155,12 @@ class Sandbox:
             )
         )
         self.compiled = seccomp_filter.compiled_filter()
-        self.ruleset = None if audit else landlock.get_ruleset(self.landlock_spec())
-        self.notes: list[str] = list(self.ruleset.notes) if self.ruleset is not None else []
+        self.capabilities = capabilities.probe()
+        self.notes: list[str] = list(self.capabilities.warnings)
+        self.ruleset: Optional[landlock.Ruleset] = None
+        if not audit and self.capabilities.landlock_abi > 0:
+            self.ruleset = landlock.get_ruleset(self.landlock_spec())
+            self.notes.extend(self.ruleset.notes)
 
     def landlock_spec(self) -> landlock.LandlockSpec:
         policy = self.policy
@@ -181,6 +185,7 @@ class Sandbox:
             compiled=self.compiled,
             max_memory=self.policy.max_memory,
             close_fds=self.close_fds,
+            wait_killable=self.capabilities.wait_killable_recv,
         )
         launched = launch(conf, target, capture_output=capture_output, stdin_devnull=capture_output)
         effective_timeout = timeout if timeout is not None else self.policy.timeout

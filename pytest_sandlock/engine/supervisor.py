@@ -91,6 +91,22 @@ _PATH_CALLS: dict[str, tuple[tuple[Optional[int], int], ...]] = {
 }
 
 _PROCESS_CALLS = ("fork", "vfork", "clone")
+_NAMES: dict[int, str] = {
+    _nr(n): n
+    for n in (
+        *_PATH_CALLS,
+        *_PROCESS_CALLS,
+        "execve",
+        "execveat",
+        "connect",
+        "bind",
+        "sendto",
+        "sendmsg",
+        "sendmmsg",
+        "seccomp",
+    )
+}
+_NR = {name: nr for nr, name in _NAMES.items()}
 
 
 @dataclass
@@ -158,25 +174,20 @@ class Supervisor:
     # ------------------------------------------------------------------ dispatch table
     def _build_handlers(self) -> dict[int, Callable[[Notification], None]]:
         table: dict[int, Callable[[Notification], None]] = {
-            _nr("connect"): self._on_connect,
-            _nr("bind"): self._on_bind,
-            _nr("sendto"): self._on_sendto,
-            _nr("sendmsg"): self._on_sendmsg,
-            _nr("sendmmsg"): self._on_sendmmsg,
-            _nr("execve"): self._on_exec,
-            _nr("execveat"): self._on_exec,
-            _nr("seccomp"): self._on_seccomp,
+            _NR["connect"]: self._on_connect,
+            _NR["bind"]: self._on_bind,
+            _NR["sendto"]: self._on_sendto,
+            _NR["sendmsg"]: self._on_sendmsg,
+            _NR["sendmmsg"]: self._on_sendmmsg,
+            _NR["execve"]: self._on_exec,
+            _NR["execveat"]: self._on_exec,
+            _NR["seccomp"]: self._on_seccomp,
         }
         for name in _PROCESS_CALLS:
-            table[_nr(name)] = self._on_process
+            table[_NR[name]] = self._on_process
         for name in _PATH_CALLS:
-            table[_nr(name)] = self._on_path
+            table[_NR[name]] = self._on_path
         return table
-
-    def _names(self) -> dict[int, str]:
-        names = {_nr(n): n for n in _PATH_CALLS}
-        names.update({_nr(n): n for n in (*_PROCESS_CALLS, "execve", "execveat")})
-        return names
 
     # ------------------------------------------------------------------ main loop
     def run(self) -> Outcome:
@@ -234,12 +245,12 @@ class Supervisor:
 
     def _finish(self, open_fds: set[int]) -> None:
         # The root is gone (or timed out): whatever else of the tree lives is a straggler.
-        self.tree.kill_all()
-        try:
-            _, status = os.waitpid(self.root_pid, 0)
-            self.outcome.root_status = status
-        except ChildProcessError:
-            pass
+        if self.outcome.timed_out:
+            try:
+                os.kill(self.root_pid, 9)
+            except ProcessLookupError:
+                pass
+        self.outcome.root_status = self.tree.reap_root()
         self.tree.kill_all()
         for fd in list(open_fds):
             while self._read_pipe(fd, block=False):
@@ -302,7 +313,7 @@ class Supervisor:
         pid, ppid = self._proc(notif.pid)
         self.events.append(
             SyscallEvent(
-                syscall=self._names().get(notif.nr, str(notif.nr)),
+                syscall=_NAMES.get(notif.nr, str(notif.nr)),
                 category=SyscallCategory.PROCESS,
                 pid=pid,
                 parent_pid=ppid or None,
@@ -601,7 +612,7 @@ class Supervisor:
 
     # ------------------------------------------------------------------ processes
     def _on_exec(self, notif: Notification) -> None:
-        is_at = notif.nr == _nr("execveat")
+        is_at = notif.nr == _NR["execveat"]
         path_arg, argv_arg = (notif.args[1], notif.args[2]) if is_at else (notif.args[0], notif.args[1])
         path = childmem.read_path(notif.pid, path_arg) or ""
         argv = childmem.read_argv(notif.pid, argv_arg)
@@ -620,7 +631,7 @@ class Supervisor:
             self.listener.fail(notif.id, err)
 
     def _on_process(self, notif: Notification) -> None:
-        name = self._names()[notif.nr]
+        name = _NAMES[notif.nr]
         event = self._base_event(notif, name, SyscallCategory.PROCESS)
         ok, reason = True, ""
         limit = self.ctx.current().max_processes
@@ -651,7 +662,7 @@ class Supervisor:
 
     # ------------------------------------------------------------------ filesystem
     def _on_path(self, notif: Notification) -> None:
-        name = self._names()[notif.nr]
+        name = _NAMES[notif.nr]
         targets: list[str] = []
         for dirfd_index, path_index in _PATH_CALLS[name]:
             raw = childmem.read_path(notif.pid, notif.args[path_index])

@@ -1,0 +1,206 @@
+"""What this kernel can enforce, probed once per process.
+
+Seccomp features are probed in a throwaway forked child (installing a filter is irreversible), so
+probing never confines the caller.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import fcntl
+import json
+import os
+import platform
+from dataclasses import dataclass, field
+from typing import Any, Optional
+
+from . import landlock
+from .notify import IOCTL_NOTIF_SET_FLAGS, USER_NOTIF_FD_SYNC_WAKE_UP
+from .seccomp_filter import FLAG_NEW_LISTENER, FLAG_WAIT_KILLABLE_RECV, SECCOMP_SET_MODE_FILTER
+from .syscalls import PIDFD_THREAD, PR_SET_NO_NEW_PRIVS, pidfd_getfd, pidfd_open, prctl, seccomp
+
+SECCOMP_RET_ALLOW = 0x7FFF0000
+
+
+@dataclass
+class Capabilities:
+    arch: str
+    landlock_abi: int
+    landlock: dict[str, Any]
+    seccomp_listener: bool
+    wait_killable_recv: bool
+    sync_wakeup: bool
+    pidfd_getfd: bool
+    pidfd_thread: bool
+    problems: list[str] = field(default_factory=list)  # sandboxing cannot work
+    warnings: list[str] = field(default_factory=list)  # works, with less enforced
+
+    @property
+    def usable(self) -> bool:
+        return not self.problems
+
+    def summary(self) -> str:
+        if not self.usable:
+            return "sandlock: UNAVAILABLE (" + "; ".join(self.problems) + ")"
+        parts = [f"Landlock ABI {self.landlock_abi}" if self.landlock_abi else "no Landlock"]
+        parts.append("seccomp listener" + (" (sync wake-up)" if self.sync_wakeup else ""))
+        if self.landlock.get("net"):
+            parts.append("TCP port rules")
+        if self.landlock.get("scopes"):
+            parts.append("scoped signals/abstract sockets")
+        text = "sandlock: " + ", ".join(parts)
+        if self.warnings:
+            text += " | not enforced here: " + "; ".join(self.warnings)
+        return text
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "arch": self.arch,
+            "landlock_abi": self.landlock_abi,
+            "landlock": self.landlock,
+            "seccomp_listener": self.seccomp_listener,
+            "wait_killable_recv": self.wait_killable_recv,
+            "sync_wakeup": self.sync_wakeup,
+            "pidfd_getfd": self.pidfd_getfd,
+            "pidfd_thread": self.pidfd_thread,
+            "usable": self.usable,
+            "problems": self.problems,
+            "warnings": self.warnings,
+        }
+
+
+class _Filter(ctypes.Structure):
+    _fields_ = [
+        ("code", ctypes.c_ushort),
+        ("jt", ctypes.c_ubyte),
+        ("jf", ctypes.c_ubyte),
+        ("k", ctypes.c_uint),
+    ]
+
+
+class _Fprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_Filter))]
+
+
+def _probe_seccomp() -> dict[str, bool]:
+    """Install an allow-all filter with a listener in a forked child and report what worked."""
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        result = {"listener": False, "killable": False, "sync": False}
+        try:
+            os.close(read_fd)
+            prctl(PR_SET_NO_NEW_PRIVS, 1)
+            insns = (_Filter * 1)(_Filter(0x06, 0, 0, SECCOMP_RET_ALLOW))
+            prog = _Fprog(1, insns)
+            for flags, key in (
+                (FLAG_NEW_LISTENER | FLAG_WAIT_KILLABLE_RECV, "killable"),
+                (FLAG_NEW_LISTENER, ""),
+            ):
+                try:
+                    fd = seccomp(SECCOMP_SET_MODE_FILTER, flags, ctypes.addressof(prog))
+                except OSError:
+                    continue
+                result["listener"] = True
+                if key:
+                    result[key] = True
+                try:
+                    fcntl.ioctl(fd, IOCTL_NOTIF_SET_FLAGS, USER_NOTIF_FD_SYNC_WAKE_UP)
+                    result["sync"] = True
+                except OSError:
+                    pass
+                break
+        finally:
+            os.write(write_fd, json.dumps(result).encode())
+            os._exit(0)
+    os.close(write_fd)
+    try:
+        data = os.read(read_fd, 4096)
+    finally:
+        os.close(read_fd)
+        os.waitpid(pid, 0)
+    try:
+        parsed = json.loads(data)
+    except ValueError:
+        parsed = {}
+    return {k: bool(parsed.get(k)) for k in ("listener", "killable", "sync")}
+
+
+def _probe_pidfd() -> tuple[bool, bool]:
+    getfd = thread = False
+    try:
+        own = pidfd_open(os.getpid(), 0)
+        try:
+            os.close(pidfd_getfd(own, 0 if _fd_open(0) else own))
+            getfd = True
+        except OSError:
+            pass
+        finally:
+            os.close(own)
+    except OSError:
+        pass
+    try:
+        os.close(pidfd_open(_gettid(), PIDFD_THREAD))
+        thread = True
+    except OSError:
+        pass
+    return getfd, thread
+
+
+def _fd_open(fd: int) -> bool:
+    try:
+        os.fstat(fd)
+        return True
+    except OSError:
+        return False
+
+
+def _gettid() -> int:
+    get = getattr(__import__("threading"), "get_native_id", None)
+    return int(get()) if get else os.getpid()
+
+
+_cached: Optional[Capabilities] = None
+
+
+def probe(refresh: bool = False) -> Capabilities:
+    global _cached
+    if _cached is not None and not refresh:
+        return _cached
+    arch = platform.machine()
+    info = landlock.describe()
+    abi = int(info.get("abi", 0))
+    sec = _probe_seccomp() if arch == "x86_64" else {"listener": False, "killable": False, "sync": False}
+    getfd, thread = _probe_pidfd()
+    caps = Capabilities(
+        arch=arch,
+        landlock_abi=abi,
+        landlock=dict(info),
+        seccomp_listener=sec["listener"],
+        wait_killable_recv=sec["killable"],
+        sync_wakeup=sec["sync"],
+        pidfd_getfd=getfd,
+        pidfd_thread=thread,
+    )
+    if arch != "x86_64":
+        caps.problems.append(f"architecture {arch} is not supported (x86-64 only)")
+    if not caps.seccomp_listener:
+        caps.problems.append("seccomp user notification is unavailable (needs Linux 5.0+)")
+    if not getfd:
+        caps.problems.append("pidfd_getfd is unavailable (needs Linux 5.6+)")
+    if abi == 0:
+        caps.warnings.append("Landlock is unavailable: no filesystem ceilings")
+    elif abi < 4:
+        caps.warnings.append(f"Landlock ABI {abi} < 4: no TCP port rules (the supervisor still decides)")
+    if 0 < abi < 6:
+        caps.warnings.append(f"Landlock ABI {abi} < 6: signals and abstract unix sockets are not scoped")
+    if caps.seccomp_listener and not caps.wait_killable_recv:
+        caps.warnings.append(
+            "no SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV (Linux 5.19+): signals can fake a connect"
+        )
+    if caps.seccomp_listener and not caps.sync_wakeup:
+        caps.warnings.append("no synchronous wake-up (Linux 6.6+): supervision is slower")
+    if not thread:
+        caps.warnings.append("no PIDFD_THREAD (Linux 6.9+): threads are resolved through /proc")
+    _cached = caps
+    return caps

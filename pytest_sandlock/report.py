@@ -1,0 +1,156 @@
+"""Per-test sandbox data on reports, the ``--sandlock-report`` JSON file and the terminal summary.
+
+The worker (or the serial pytest process) attaches a plain-data ``sandlock`` attribute to each phase report
+of a sandboxed test; pytest's report serialisation (which pytest-xdist uses) carries it to the controller,
+which alone collects, prints and writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Iterable, Optional
+
+import pytest
+
+from pytest_sandlock.engine.policy import SyscallCategory, SyscallEvent
+
+REPORT_VERSION = 1
+_TEMP_EXTRA = ("/dev", "/proc/self", "/dev/shm")
+
+
+def event_record(event: SyscallEvent) -> dict[str, Any]:
+    """One event in the report schema."""
+    return {
+        "syscall": event.syscall,
+        "category": event.category.value,
+        "pid": event.pid,
+        "parent_pid": event.parent_pid,
+        "host": None if event.host is None else str(event.host),
+        "port": event.port,
+        "argv": None if event.argv is None else list(event.argv),
+        "path": event.path,
+        "denied": bool(event.denied),
+    }
+
+
+def _within(path: str, root: str) -> bool:
+    root = root.rstrip("/") or "/"
+    return path == root or path.startswith(root if root == "/" else root + "/")
+
+
+def _is_loopback(host: Any) -> bool:
+    mapped = getattr(host, "ipv4_mapped", None)
+    return bool((mapped or host).is_loopback)
+
+
+def audit_digest(events: Iterable[SyscallEvent], temp_roots: Iterable[str]) -> dict[str, list[str]]:
+    """Destinations beyond loopback, programs run, files written outside temp dirs."""
+    roots = [*temp_roots, *_TEMP_EXTRA]
+    net: dict[str, None] = {}
+    programs: dict[str, None] = {}
+    files: dict[str, None] = {}
+    for e in events:
+        if e.category is SyscallCategory.NETWORK and e.host is not None and not _is_loopback(e.host):
+            host = f"[{e.host}]" if e.host.version == 6 else str(e.host)
+            where = host if e.port is None else f"{host}:{e.port}"
+            net[f"{where} ({e.protocol or e.syscall})" + (" denied" if e.denied else "")] = None
+        elif e.argv is not None:
+            programs[" ".join(e.argv)] = None
+        elif e.category is SyscallCategory.FILE and e.path and not any(_within(e.path, r) for r in roots):
+            files[f"{e.path} ({e.syscall})" + (" denied" if e.denied else "")] = None
+    return {"net": list(net), "programs": list(programs), "files": list(files)}
+
+
+def _outcome(phases: dict[str, str]) -> str:
+    if phases.get("setup") == "failed":
+        return "error"
+    if phases.get("setup") == "skipped":
+        return "skipped"
+    call = phases.get("call")
+    if call == "failed":
+        return "failed"
+    if phases.get("teardown") == "failed":
+        return "error"
+    return call or "passed"
+
+
+class Collector:
+    """Gathers reports in the controller (or the serial process): JSON report and summary lines."""
+
+    def __init__(self, mode: str, report_path: Optional[str]) -> None:
+        self.mode = mode
+        self.report_path = report_path
+        self.tests: dict[str, dict[str, Any]] = {}
+
+    def add(self, report: pytest.TestReport) -> None:
+        info = getattr(report, "sandlock", None)
+        if info is None and self.report_path is None:
+            return  # an unsandboxed test and no JSON report: nothing to keep
+        entry = self.tests.get(report.nodeid)
+        if entry is None or report.when == "setup":  # a rerun of the same test replaces the earlier run
+            entry = {"phases": {}, "sandboxed": False, "events": [], "denials": [], "audit": None}
+            self.tests[report.nodeid] = entry
+        entry["phases"][report.when] = report.outcome
+        if info:
+            entry["sandboxed"] = bool(info.get("sandboxed"))
+            entry["events"].extend(info.get("events", ()))
+            entry["denials"].extend(info.get("denials", ()))
+            if info.get("audit") is not None:
+                entry["audit"] = info["audit"]
+
+    def json_data(self) -> dict[str, Any]:
+        return {
+            "version": REPORT_VERSION,
+            "mode": self.mode,
+            "tests": [
+                {
+                    "nodeid": nodeid,
+                    "outcome": _outcome(entry["phases"]),
+                    "sandboxed": entry["sandboxed"],
+                    "events": entry["events"],
+                }
+                for nodeid, entry in self.tests.items()
+            ],
+        }
+
+    def write(self) -> Optional[str]:
+        if self.report_path is None:
+            return None
+        directory = os.path.dirname(self.report_path) or "."
+        os.makedirs(directory, exist_ok=True)
+        tmp = f"{self.report_path}.{os.getpid()}.tmp"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(self.json_data(), f, indent=1)
+            f.write("\n")
+        os.replace(tmp, self.report_path)
+        return self.report_path
+
+    def summary(self, terminal: Any) -> None:
+        if self.mode == "audit":
+            self._audit_summary(terminal)
+        denied = [(nodeid, e["denials"]) for nodeid, e in self.tests.items() if e["denials"]]
+        if denied and self.mode != "audit":
+            terminal.write_sep("=", "sandlock denials")
+            for nodeid, lines in denied:
+                terminal.write_line(f"{nodeid}:")
+                for line in lines:
+                    terminal.write_line(f"    {line}")
+
+    def _audit_summary(self, terminal: Any) -> None:
+        terminal.write_sep("=", "sandlock audit")
+        shown = 0
+        for nodeid, entry in self.tests.items():
+            digest = entry["audit"]
+            if not digest or not any(digest.values()):
+                continue
+            shown += 1
+            terminal.write_line(f"{nodeid}:")
+            for key, label in (("net", "reached"), ("programs", "ran"), ("files", "wrote")):
+                for value in digest[key]:
+                    terminal.write_line(f"    {label}: {value}")
+        audited = sum(1 for e in self.tests.values() if e["sandboxed"])
+        terminal.write_line(
+            f"{audited} test(s) audited; {shown} reached beyond loopback, ran programs or wrote outside "
+            "temp dirs"
+        )
