@@ -210,6 +210,7 @@ def _child_main(item: pytest.Item, runtest: Callable[[], None]) -> dict[str, Any
         data = config.hook.pytest_report_to_serializable(config=config, report=report)
         keep = ("$report_type", "nodeid", "location", "outcome", "longrepr", "when")
         out["exception"] = {
+            "outcome": _outcome_exception(exc),
             "pickled": _try_pickle(exc),
             "type": f"{type(exc).__module__}.{type(exc).__qualname__}",
             "text": _safe_str(exc),
@@ -232,6 +233,50 @@ def _child_main(item: pytest.Item, runtest: Callable[[], None]) -> dict[str, Any
     handle = item.stash.get(FIXTURE_KEY, None)
     out["denials_read"] = bool(handle is not None and handle.denials_read)
     return out
+
+
+def _outcome_classes() -> tuple[tuple[str, type[BaseException]], ...]:
+    return (
+        ("skip", pytest.skip.Exception),
+        ("fail", pytest.fail.Exception),
+        ("xfail", pytest.xfail.Exception),
+        ("exit", pytest.exit.Exception),
+    )
+
+
+def _outcome_exception(exc: BaseException) -> Optional[dict[str, Any]]:
+    """pytest's outcome exceptions claim ``__module__ = "builtins"`` and so do not pickle: send fields."""
+    for kind, cls in _outcome_classes():
+        if type(exc) is cls:
+            return {
+                "kind": kind,
+                "msg": getattr(exc, "msg", None),
+                "pytrace": bool(getattr(exc, "pytrace", True)),
+                "allow_module_level": bool(getattr(exc, "allow_module_level", False)),
+                "use_item_location": bool(getattr(exc, "_use_item_location", False)),
+                "returncode": getattr(exc, "returncode", None),
+            }
+    return None
+
+
+def _rebuild_outcome(data: dict[str, Any]) -> Optional[BaseException]:
+    kind, msg = data.get("kind"), data.get("msg")
+    msg = msg if isinstance(msg, str) else None
+    if kind == "skip":
+        return pytest.skip.Exception(
+            msg,
+            bool(data.get("pytrace", True)),
+            bool(data.get("allow_module_level")),
+            _use_item_location=bool(data.get("use_item_location")),
+        )
+    if kind == "fail":
+        return pytest.fail.Exception(msg, bool(data.get("pytrace", True)))
+    if kind == "xfail":
+        return pytest.xfail.Exception(msg)
+    if kind == "exit":
+        code = data.get("returncode")
+        return pytest.exit.Exception(msg or "unknown reason", code if isinstance(code, int) else None)
+    return None
 
 
 def _safe_str(obj: object) -> str:
@@ -309,7 +354,8 @@ def _try_unpickle(data: Optional[bytes]) -> Any:
 
 
 def _rebuild_exception(config: pytest.Config, info: dict[str, Any]) -> tuple[BaseException, Any]:
-    exc = _try_unpickle(info["pickled"])
+    outcome = info.get("outcome")
+    exc = _rebuild_outcome(outcome) if isinstance(outcome, dict) else _try_unpickle(info["pickled"])
     if not isinstance(exc, BaseException):
         exc = SandboxedTestError(f"{info['type']}: {info['text']}")
     report = config.hook.pytest_report_from_serializable(config=config, data=info["report"])

@@ -17,6 +17,7 @@ from pytest_sandlock.options import Settings, add_options, read_settings
 from pytest_sandlock.report import Collector, audit_digest, event_record
 
 PLUGIN_NAME = "sandlock-session"
+INVALID_KEY = pytest.StashKey[str]()
 
 
 def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
@@ -87,13 +88,22 @@ class SandlockSession:
                 spec = builder.spec_for(item)
             except MarkerError as exc:
                 errors.append(str(exc))
+                item.stash[INVALID_KEY] = str(exc)
                 continue
             if spec is not None:
                 item.stash[forkrun.SPEC_KEY] = spec
                 if self.settings.debugging:
                     item.stash[forkrun.UNCONFINED_KEY] = True
-        if errors:
+        if errors and not self.is_worker:
             raise pytest.UsageError("pytest-sandlock:\n" + "\n".join(errors))
+        # An xdist worker cannot stop the session with a usage error (the controller reports an internal
+        # error): there each invalid test errors at setup with the same message instead.
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        invalid = item.stash.get(INVALID_KEY, None)
+        if invalid is not None:
+            pytest.fail(f"pytest-sandlock usage error: {invalid}", pytrace=False)
 
     # -- per test -------------------------------------------------------------------------------------
 

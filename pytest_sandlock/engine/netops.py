@@ -10,6 +10,7 @@ import errno
 import fcntl
 import ipaddress
 import os
+import select
 import socket
 import struct
 from typing import Any, Optional
@@ -26,6 +27,13 @@ SCM_RIGHTS = 1
 
 def protocol_of(sock: int, family: int) -> str:
     """'tcp', 'udp', 'unix' or 'other': what a net rule's scheme is matched against."""
+    if family in (socket.AF_INET, socket.AF_INET6):
+        # One getsockopt: an IP address on a non-IP socket fails in the kernel anyway.
+        try:
+            proto = getsockopt_int(sock, socket.SOL_SOCKET, SO_PROTOCOL)
+        except OSError:
+            return "other"
+        return "tcp" if proto == socket.IPPROTO_TCP else "udp" if proto == socket.IPPROTO_UDP else "other"
     try:
         domain = getsockopt_int(sock, socket.SOL_SOCKET, SO_DOMAIN)
     except OSError:
@@ -78,6 +86,9 @@ def connect(sock: int, addr: SockAddr, unix_target: Optional[str]) -> tuple[int,
             finally:
                 fcntl.fcntl(sock, fcntl.F_SETFL, flags)
             if result == -errno.EINPROGRESS:
+                # Loopback handshakes usually finish within the call: look once before deferring.
+                if select.select((), (sock,), (), 0)[1]:
+                    return -socket_error(sock), False
                 return 0, True
             return result, False
         return connect_raw(sock, raw), False

@@ -19,8 +19,10 @@ import errno
 import os
 import resource
 import select
+import signal
 import socket
 import struct
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,6 +50,7 @@ AT_FDCWD = -100
 AT_EMPTY_PATH = 0x1000
 CLONE_NAMESPACE_FLAGS = 0x7E020000
 MAX_DATA = 16 * 1024 * 1024
+POLICY_FN_TIMEOUT = 2.0
 
 
 def _nr(name: str) -> int:
@@ -117,6 +120,7 @@ class _Pending:
     sock: int
     event: SyscallEvent
     retry: Optional[Callable[[], int]] = None  # a send to retry; None for a connect
+    polled: bool = False  # registered with the poll object
 
 
 @dataclass
@@ -234,9 +238,9 @@ class Supervisor:
                 elif fd in self._pending:
                     poller.unregister(fd)
                     self._complete_pending(fd)
-            for sock in list(self._pending):
-                if not self._pending[sock].__dict__.get("_polled"):
-                    self._pending[sock].__dict__["_polled"] = True
+            for sock, pending in self._pending.items():
+                if not pending.polled:
+                    pending.polled = True
                     poller.register(sock, select.POLLOUT)
             if root_done:
                 break
@@ -358,7 +362,9 @@ class Supervisor:
         if self.policy_fn is None:
             return True, 0, event
         try:
-            verdict, problem = coerce_verdict(self.policy_fn(event, self.ctx))
+            verdict, problem = coerce_verdict(_bounded_call(self.policy_fn, event, self.ctx))
+        except _CallbackTimeout:
+            verdict, problem = Verdict.DENY, f"policy_fn took longer than {POLICY_FN_TIMEOUT}s"
         except Exception as exc:  # a callback that raises denies (sandlock allowed: not here)
             verdict, problem = Verdict.DENY, f"policy_fn raised {type(exc).__name__}: {exc}"
         if problem is not None:
@@ -623,7 +629,9 @@ class Supervisor:
         event = self._base_event(
             notif, "execveat" if is_at else "execve", SyscallCategory.PROCESS, argv=argv, path=path or None
         )
-        allowed, err, event = self._decide(event, True, "")
+        resolved = self._resolve(self._proc(notif.pid)[0], AT_FDCWD, path) if path else ""
+        denied_path = bool(resolved) and self.ctx.path_denied(os.path.realpath(resolved))
+        allowed, err, event = self._decide(event, not denied_path, "path denied by the live policy")
         self.events.append(event)
         if allowed:
             self.listener.continue_(notif.id)  # execve cannot be performed on behalf; Landlock enforces
@@ -720,6 +728,37 @@ class Supervisor:
                 resource.prlimit(pid, resource.RLIMIT_AS, (soft, hard))
             except (OSError, ValueError):
                 continue
+
+
+class _CallbackTimeout(BaseException):
+    """Raised into a policy_fn that overran its time (BaseException: the callback cannot swallow it
+    with a bare ``except Exception``)."""
+
+
+def _bounded_call(fn: PolicyFn, event: SyscallEvent, ctx: PolicyContext) -> Any:
+    """Call the callback with a SIGALRM deadline, restoring whatever alarm was armed before.
+
+    Only possible in the main thread (signal handlers live there); elsewhere the call is unbounded.
+    A callback that hangs must not freeze every sandboxed process: it is interrupted and denies.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return fn(event, ctx)
+
+    def on_alarm(signum: int, frame: Any) -> None:
+        raise _CallbackTimeout()
+
+    previous_timer = signal.setitimer(signal.ITIMER_REAL, 0)
+    previous_handler = signal.signal(signal.SIGALRM, on_alarm)
+    started = time.monotonic()
+    signal.setitimer(signal.ITIMER_REAL, POLICY_FN_TIMEOUT)
+    try:
+        return fn(event, ctx)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous_handler)
+        if previous_timer[0] > 0:
+            remaining = max(previous_timer[0] - (time.monotonic() - started), 1e-3)
+            signal.setitimer(signal.ITIMER_REAL, remaining, previous_timer[1])
 
 
 def _with(event: SyscallEvent, **changes: Any) -> SyscallEvent:

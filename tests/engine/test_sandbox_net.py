@@ -1,0 +1,548 @@
+"""Network enforcement of ``Sandbox``: real confined processes against live loopback listeners.
+
+Every denial is paired with a positive control in the same test: the same call to an allowed
+destination reaches its listener, so a sandbox that enforced nothing would fail each test.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import ipaddress
+import os
+import select
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+from sandbox_helpers import INSIDE, OUTSIDE, TcpListener, UnixListener, connect_errno, only, tcp_send
+
+from pytest_sandlock.engine.policy import Policy, SyscallCategory
+from pytest_sandlock.engine.sandbox import Sandbox
+
+LOCAL = ["127.0.0.1"]
+IP1 = ipaddress.ip_address(INSIDE)
+IP2 = ipaddress.ip_address(OUTSIDE)
+
+
+def _send_both(a: tuple[str, int], b: tuple[str, int]) -> list[object]:
+    return [tcp_send(*a, b"to-a"), tcp_send(*b, b"to-b")]
+
+
+# --------------------------------------------------------------------------------------------- TCP
+
+
+def test_tcp_allowed_destination_receives_bytes(tcp_inside: TcpListener) -> None:
+    result = Sandbox(Policy(net=LOCAL)).call(tcp_send, *tcp_inside.addr, b"hello inside")
+    assert result.value == "ok"
+    assert tcp_inside.received() == [b"hello inside"]
+    event = only(result.events, syscall="connect")
+    assert event.category is SyscallCategory.NETWORK
+    assert (event.host, event.port, event.protocol, event.denied) == (IP1, tcp_inside.port, "tcp", False)
+    assert event.pid != os.getpid() and event.parent_pid == os.getpid()
+
+
+def test_tcp_denied_destination_gets_eacces_and_nothing(
+    tcp_inside: TcpListener, tcp_outside: TcpListener
+) -> None:
+    result = Sandbox(Policy(net=LOCAL)).call(_send_both, tcp_inside.addr, tcp_outside.addr)
+    assert result.value == ["ok", errno.EACCES]
+    assert tcp_inside.received() == [b"to-a"]  # positive control
+    assert tcp_outside.received() == []
+    denied = only(result.events, syscall="connect", denied=True)
+    assert (denied.host, denied.port, denied.errno) == (IP2, tcp_outside.port, errno.EACCES)
+    assert denied.reason == "not in net policy"
+    assert only(result.events, syscall="connect", denied=False).host == IP1
+
+
+def test_exact_port_rule_allows_that_port_only(tcp_inside: TcpListener, tcp_inside2: TcpListener) -> None:
+    result = Sandbox(Policy(net=[tcp_inside.rule])).call(_send_both, tcp_inside.addr, tcp_inside2.addr)
+    assert result.value == ["ok", errno.EACCES]
+    assert tcp_inside.received() == [b"to-a"]
+    assert tcp_inside2.received() == []
+    assert only(result.events, denied=True).port == tcp_inside2.port
+
+
+def test_scheme_udp_rule_does_not_allow_tcp(tcp_inside: TcpListener, udp_inside) -> None:
+    def body() -> list[object]:
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        u.sendto(b"udp ok", udp_inside.addr)
+        return [tcp_send(*tcp_inside.addr, b"tcp")]
+
+    result = Sandbox(Policy(net=["udp://127.0.0.1"])).call(body)
+    assert result.value == [errno.EACCES]
+    assert udp_inside.received() == [b"udp ok"]
+    assert tcp_inside.received() == []
+    assert only(result.events, denied=True).protocol == "tcp"
+
+
+def test_empty_net_denies_even_loopback(tcp_inside: TcpListener) -> None:
+    result = Sandbox(Policy(net=[])).call(tcp_send, *tcp_inside.addr, b"x")
+    assert result.value == errno.EACCES
+    assert tcp_inside.received() == []
+    assert only(result.events, syscall="connect").denied
+    # positive control: the same call with loopback allowed reaches the listener
+    assert Sandbox(Policy(net=LOCAL)).call(tcp_send, *tcp_inside.addr, b"y").value == "ok"
+    assert tcp_inside.received() == [b"y"]
+
+
+def test_unrestricted_net_reaches_outside(tcp_outside: TcpListener) -> None:
+    result = Sandbox(Policy(net=None)).call(tcp_send, *tcp_outside.addr, b"free")
+    assert result.value == "ok"
+    assert tcp_outside.received() == [b"free"]
+
+
+def test_cidr_rule(tcp_inside: TcpListener, tcp_outside: TcpListener) -> None:
+    result = Sandbox(Policy(net=["127.0.0.0/31"])).call(_send_both, tcp_inside.addr, tcp_outside.addr)
+    assert result.value == ["ok", errno.EACCES]
+    result = Sandbox(Policy(net=["127.0.0.0/30"])).call(_send_both, tcp_inside.addr, tcp_outside.addr)
+    assert result.value == ["ok", "ok"]
+    assert tcp_inside.received() == [b"to-a", b"to-a"]
+    assert tcp_outside.received() == [b"to-b"]
+
+
+def test_nonblocking_connect_denied_and_allowed(tcp_inside: TcpListener, tcp_outside: TcpListener) -> None:
+    def body() -> list[object]:
+        out = []
+        for addr in (tcp_inside.addr, tcp_outside.addr):
+            s = socket.socket()
+            s.setblocking(False)
+            out.append(s.connect_ex(addr))
+            if out[-1] in (0, errno.EINPROGRESS):
+                select.select([], [s], [], 5)
+                out.append(s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR))
+                s.setblocking(True)
+                s.sendall(b"nb")
+            s.close()
+        return out
+
+    result = Sandbox(Policy(net=LOCAL)).call(body)
+    assert result.value[0] in (0, errno.EINPROGRESS)
+    assert result.value[1:] == [0, errno.EACCES]
+    assert tcp_inside.received() == [b"nb"]
+    assert tcp_outside.received() == []
+
+
+# --------------------------------------------------------------------------------------------- IPv6
+
+
+def test_ipv6_loopback_allowed_by_rule_denied_without(tcp6_inside: TcpListener) -> None:
+    allowed = Sandbox(Policy(net=["[::1]"])).call(tcp_send, "::1", tcp6_inside.port, b"v6", socket.AF_INET6)
+    assert allowed.value == "ok"
+    assert tcp6_inside.received() == [b"v6"]
+    assert only(allowed.events, syscall="connect").host == ipaddress.ip_address("::1")
+
+    denied = Sandbox(Policy(net=LOCAL)).call(tcp_send, "::1", tcp6_inside.port, b"no", socket.AF_INET6)
+    assert denied.value == errno.EACCES
+    assert tcp6_inside.received() == [b"v6"]
+    event = only(denied.events, syscall="connect")
+    assert (event.denied, event.errno, event.host) == (True, errno.EACCES, ipaddress.ip_address("::1"))
+
+
+def test_ipv4_mapped_ipv6_is_judged_as_ipv4(tcp_inside: TcpListener, tcp_outside: TcpListener) -> None:
+    def body() -> list[object]:
+        return [
+            tcp_send("::ffff:127.0.0.1", tcp_inside.port, b"mapped-in", socket.AF_INET6),
+            tcp_send("::ffff:127.0.0.2", tcp_outside.port, b"mapped-out", socket.AF_INET6),
+        ]
+
+    result = Sandbox(Policy(net=LOCAL)).call(body)
+    assert result.value == ["ok", errno.EACCES]
+    assert tcp_inside.received() == [b"mapped-in"]
+    assert tcp_outside.received() == []
+    denied = only(result.events, denied=True)
+    assert denied.host.ipv4_mapped == IP2 and denied.port == tcp_outside.port
+
+
+# --------------------------------------------------------------------------------------------- UDP
+
+
+def test_udp_sendto_allowed_and_denied(udp_inside, udp_outside) -> None:
+    def body() -> list[object]:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        out: list[object] = [s.sendto(b"udp-in", udp_inside.addr)]
+        try:
+            s.sendto(b"udp-out", udp_outside.addr)
+            out.append("sent")
+        except OSError as exc:
+            out.append(exc.errno)
+        return out
+
+    result = Sandbox(Policy(net=LOCAL)).call(body)
+    assert result.value == [6, errno.EACCES]
+    assert udp_inside.received() == [b"udp-in"]
+    assert udp_outside.received() == []
+    ok = only(result.events, syscall="sendto", denied=False)
+    assert (ok.host, ok.port, ok.protocol, ok.size) == (IP1, udp_inside.port, "udp", 6)
+    bad = only(result.events, syscall="sendto", denied=True)
+    assert (bad.host, bad.port, bad.errno, bad.size) == (IP2, udp_outside.port, errno.EACCES, 7)
+
+
+def test_udp_sendmsg_allowed_and_denied(udp_inside, udp_outside) -> None:
+    def body() -> list[object]:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        out: list[object] = [s.sendmsg([b"msg-", b"in"], [], 0, udp_inside.addr)]
+        try:
+            s.sendmsg([b"msg-out"], [], 0, udp_outside.addr)
+            out.append("sent")
+        except OSError as exc:
+            out.append(exc.errno)
+        return out
+
+    result = Sandbox(Policy(net=LOCAL)).call(body)
+    assert result.value == [6, errno.EACCES]
+    assert udp_inside.received() == [b"msg-in"]
+    assert udp_outside.received() == []
+    assert only(result.events, syscall="sendmsg", denied=True).host == IP2
+    assert only(result.events, syscall="sendmsg", denied=False).host == IP1
+
+
+class _Iovec(ctypes.Structure):
+    _fields_ = [("iov_base", ctypes.c_void_p), ("iov_len", ctypes.c_size_t)]
+
+
+class _Msghdr(ctypes.Structure):
+    _fields_ = [
+        ("msg_name", ctypes.c_void_p),
+        ("msg_namelen", ctypes.c_uint32),
+        ("msg_iov", ctypes.POINTER(_Iovec)),
+        ("msg_iovlen", ctypes.c_size_t),
+        ("msg_control", ctypes.c_void_p),
+        ("msg_controllen", ctypes.c_size_t),
+        ("msg_flags", ctypes.c_int),
+    ]
+
+
+class _Mmsghdr(ctypes.Structure):
+    _fields_ = [("msg_hdr", _Msghdr), ("msg_len", ctypes.c_uint)]
+
+
+class _SockaddrIn(ctypes.Structure):
+    _fields_ = [
+        ("sin_family", ctypes.c_ushort),
+        ("sin_port", ctypes.c_uint16),
+        ("sin_addr", ctypes.c_uint8 * 4),
+        ("sin_zero", ctypes.c_uint8 * 8),
+    ]
+
+
+def _sendmmsg(sock: socket.socket, items: list[tuple[bytes, tuple[str, int]]]) -> tuple[int, int, list]:
+    """libc sendmmsg with one datagram per (payload, destination); (result, errno, msg_len list)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    n = len(items)
+    vec = (_Mmsghdr * n)()
+    keep = []
+    for i, (payload, (host, port)) in enumerate(items):
+        buf = ctypes.create_string_buffer(payload, len(payload))
+        iov = _Iovec(ctypes.cast(buf, ctypes.c_void_p), len(payload))
+        addr = _SockaddrIn(socket.AF_INET, socket.htons(port), (ctypes.c_uint8 * 4)(*socket.inet_aton(host)))
+        keep += [buf, iov, addr]
+        vec[i].msg_hdr.msg_name = ctypes.cast(ctypes.pointer(addr), ctypes.c_void_p)
+        vec[i].msg_hdr.msg_namelen = ctypes.sizeof(addr)
+        vec[i].msg_hdr.msg_iov = ctypes.pointer(iov)
+        vec[i].msg_hdr.msg_iovlen = 1
+    result = libc.sendmmsg(sock.fileno(), vec, n, 0)
+    return result, ctypes.get_errno() if result < 0 else 0, [vec[i].msg_len for i in range(n)]
+
+
+def test_udp_sendmmsg_stops_at_the_denied_destination(udp_inside, udp_outside) -> None:
+    def body() -> list[object]:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        first = _sendmmsg(s, [(b"mm-in", udp_inside.addr), (b"mm-out", udp_outside.addr)])
+        second = _sendmmsg(s, [(b"mm-out2", udp_outside.addr), (b"mm-in2", udp_inside.addr)])
+        return [list(first), list(second)]
+
+    result = Sandbox(Policy(net=LOCAL)).call(body)
+    # the allowed datagram goes, the denied one stops the batch: 1 sent, msg_len written back
+    assert result.value[0] == [1, 0, [5, 0]]
+    # denied first: nothing sent, the call fails with EACCES
+    assert result.value[1] == [-1, errno.EACCES, [0, 0]]
+    assert udp_inside.received() == [b"mm-in"]
+    assert udp_outside.received() == []
+    events = [e for e in result.events if e.syscall == "sendmmsg"]
+    assert [(e.host, e.port, e.denied) for e in events] == [
+        (IP1, udp_inside.port, False),
+        (IP2, udp_outside.port, True),
+        (IP2, udp_outside.port, True),
+    ]
+    assert all(e.errno == errno.EACCES for e in events if e.denied)
+
+
+def test_udp_connect_then_send(udp_inside, udp_outside) -> None:
+    def body() -> list[object]:
+        good = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        good.connect(udp_inside.addr)
+        out: list[object] = [good.send(b"connected-send"), good.send(b"again")]
+        bad = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            bad.connect(udp_outside.addr)
+            out.append("connected")
+        except OSError as exc:
+            out.append(exc.errno)
+        try:
+            bad.send(b"after-denied-connect")  # not connected: no destination at all
+            out.append("sent")
+        except OSError as exc:
+            out.append(exc.errno)
+        return out
+
+    result = Sandbox(Policy(net=LOCAL)).call(body)
+    assert result.value == [14, 5, errno.EACCES, errno.EDESTADDRREQ]
+    assert udp_inside.received() == [b"connected-send", b"again"]
+    assert udp_outside.received() == []
+    connects = [e for e in result.events if e.syscall == "connect"]
+    assert [(e.host, e.protocol, e.denied) for e in connects] == [(IP1, "udp", False), (IP2, "udp", True)]
+
+
+def test_udp_send_on_socket_connected_outside_the_sandbox_is_not_a_bypass(udp_inside) -> None:
+    """A sendto with an explicit destination is judged even on a connected socket."""
+
+    def body() -> list[object]:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.connect(udp_inside.addr)
+        try:
+            s.sendto(b"explicit-out", (OUTSIDE, udp_inside.port))
+            return ["sent"]
+        except OSError as exc:
+            return [exc.errno]
+
+    assert Sandbox(Policy(net=LOCAL)).call(body).value == [errno.EACCES]
+
+
+# --------------------------------------------------------------------------------------------- unix
+
+
+def test_unix_socket_in_writable_dir_allowed(tmp_path) -> None:
+    listener = UnixListener(tmp_path / "ok.sock")
+    try:
+
+        def body() -> object:
+            s = socket.socket(socket.AF_UNIX)
+            s.connect(listener.path)
+            s.sendall(b"unix hello")
+            s.close()
+            return "ok"
+
+        result = Sandbox(Policy(net=LOCAL)).call(body)
+        assert result.value == "ok"
+        assert listener.received() == [b"unix hello"]
+        event = only(result.events, syscall="connect")
+        assert (event.protocol, event.unix_path, event.denied) == ("unix", listener.path, False)
+    finally:
+        listener.close()
+
+
+def test_unix_socket_outside_writable_set_denied(outside_dir) -> None:
+    listener = UnixListener(outside_dir / "out.sock")
+
+    def body() -> object:
+        s = socket.socket(socket.AF_UNIX)
+        try:
+            s.connect(listener.path)
+            s.sendall(b"unix escaped")
+            return "ok"
+        except OSError as exc:
+            return exc.errno
+        finally:
+            s.close()
+
+    try:
+        result = Sandbox(Policy(net=LOCAL)).call(body)
+        assert result.value == errno.EACCES
+        assert listener.received() == []
+        event = only(result.events, syscall="connect")
+        assert (event.denied, event.errno, event.unix_path) == (True, errno.EACCES, listener.path)
+        # positive control: with the directory writable, the same connect reaches the listener
+        allowed = Sandbox(Policy(net=LOCAL, fs_write=[outside_dir])).call(body)
+        assert allowed.value == "ok"
+        assert listener.received() == [b"unix escaped"]
+    finally:
+        listener.close()
+
+
+def test_unix_bind_outside_writable_set_denied(tmp_path, outside_dir) -> None:
+    def body(path: str) -> object:
+        s = socket.socket(socket.AF_UNIX)
+        try:
+            s.bind(path)
+            return "bound"
+        except OSError as exc:
+            return exc.errno
+        finally:
+            s.close()
+
+    box = Sandbox(Policy(net=LOCAL))
+    assert box.call(body, str(tmp_path / "b.sock")).value == "bound"
+    assert (tmp_path / "b.sock").exists()
+    result = box.call(body, str(outside_dir / "b.sock"))
+    assert result.value == errno.EACCES
+    assert not (outside_dir / "b.sock").exists()
+    assert only(result.events, syscall="bind").denied
+
+
+# --------------------------------------------------------------------------------------------- bind
+
+
+def test_tcp_bind_follows_the_net_rules() -> None:
+    def body(host: str) -> object:
+        s = socket.socket()
+        try:
+            s.bind((host, 0))
+            return "bound"
+        except OSError as exc:
+            return exc.errno
+        finally:
+            s.close()
+
+    box = Sandbox(Policy(net=LOCAL))
+    assert box.call(body, INSIDE).value == "bound"
+    result = box.call(body, OUTSIDE)
+    assert result.value == errno.EACCES
+    assert only(result.events, syscall="bind").host == IP2
+
+
+# --------------------------------------------------------------------------------------------- processes
+
+
+CHILD_CONNECT = """
+import socket, sys
+s = socket.socket()
+try:
+    s.connect((sys.argv[1], int(sys.argv[2])))
+    s.sendall(sys.argv[3].encode())
+    print("ok")
+except OSError as exc:
+    print(exc.errno)
+"""
+
+
+def test_grandchild_is_confined_and_attributed(tcp_inside: TcpListener, tcp_outside: TcpListener) -> None:
+    def body() -> list[object]:
+        out: list[object] = [os.getpid()]
+        for addr, text in ((tcp_inside.addr, "gc-in"), (tcp_outside.addr, "gc-out")):
+            p = subprocess.run(
+                [sys.executable, "-c", CHILD_CONNECT, addr[0], str(addr[1]), text],
+                capture_output=True,
+                text=True,
+                timeout=30,
+            )
+            out.append([p.stdout.strip(), p.returncode])
+        return out
+
+    result = Sandbox(Policy(net=LOCAL)).call(body)
+    root, inside, outside = result.value
+    assert inside == ["ok", 0]
+    assert outside == [str(errno.EACCES), 0]
+    assert tcp_inside.received() == [b"gc-in"]
+    assert tcp_outside.received() == []
+    allowed = only(result.events, syscall="connect", denied=False)
+    denied = only(result.events, syscall="connect", denied=True)
+    execs = [e for e in result.events if e.syscall == "execve" and e.argv_contains(CHILD_CONNECT)]
+    assert [e.pid for e in execs] == [allowed.pid, denied.pid]
+    for event in (allowed, denied):
+        assert event.pid != root
+        assert event.parent_pid == root
+    assert allowed.pid != denied.pid
+    assert all(e.parent_pid == root for e in execs)
+    assert execs[1].argv_contains("gc-out") and not execs[1].argv_contains("gc-in")
+
+
+# --------------------------------------------------------------------------------------------- audit
+
+
+def test_audit_mode_records_but_denies_nothing(tcp_inside: TcpListener, tcp_outside: TcpListener) -> None:
+    result = Sandbox(Policy(net=LOCAL), audit=True).call(_send_both, tcp_inside.addr, tcp_outside.addr)
+    assert result.value == ["ok", "ok"]
+    assert tcp_inside.received() == [b"to-a"]
+    assert tcp_outside.received() == [b"to-b"]
+    out = only(result.events, syscall="connect", host=IP2)
+    assert out.denied is False and out.errno is None
+    assert out.reason == "audit: would be denied (not in net policy)"
+    inside = only(result.events, syscall="connect", host=IP1)
+    assert inside.denied is False and inside.reason is None
+
+
+def test_audit_mode_does_not_deny_writes(repo_dir) -> None:
+    target = repo_dir / f".sandlock-audit-probe-{os.getpid()}"
+
+    def body() -> object:
+        with open(target, "w") as fh:
+            fh.write("x")
+        return "written"
+
+    try:
+        result = Sandbox(Policy(net=LOCAL), audit=True).call(body)
+        assert result.value == "written"
+        assert target.read_text() == "x"
+        event = only(result.events, path=str(target))
+        assert event.denied is False and event.reason.startswith("audit: would be denied")
+    finally:
+        target.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------------------------- black hole
+
+
+@pytest.fixture
+def black_hole():
+    """A 127.0.0.1 port whose accept queue is full: further SYNs are dropped, connects hang."""
+    listener = socket.socket()
+    listener.bind((INSIDE, 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    filler = socket.socket()
+    filler.connect((INSIDE, port))  # backlog 0 admits one connection, then the queue is full
+    probe = socket.socket()
+    probe.setblocking(False)
+    assert probe.connect_ex((INSIDE, port)) == errno.EINPROGRESS
+    if select.select([], [probe], [], 0.3)[1]:
+        pytest.skip("this kernel completed a connect to a full accept queue: no black hole")
+    probe.close()
+    yield port
+    filler.close()
+    listener.close()
+
+
+def test_black_holed_connect_does_not_stall_others(black_hole: int, tcp_inside: TcpListener) -> None:
+    def body() -> dict[str, object]:
+        state: dict[str, object] = {"hole": "pending"}
+
+        def hang() -> None:
+            s = socket.socket()
+            try:
+                s.connect((INSIDE, black_hole))
+                state["hole"] = "connected"
+            except OSError as exc:
+                state["hole"] = exc.errno
+
+        threading.Thread(target=hang, daemon=True).start()
+        time.sleep(0.3)  # the black-holed connect is now with the supervisor
+        start = time.monotonic()
+        state["working"] = tcp_send(*tcp_inside.addr, b"not stalled")
+        state["elapsed"] = time.monotonic() - start
+        state["hole_after"] = state["hole"]
+        return state
+
+    start = time.monotonic()
+    result = Sandbox(Policy(net=LOCAL, timeout=20)).call(body)
+    total = time.monotonic() - start
+    assert result.value["working"] == "ok"
+    assert result.value["elapsed"] < 0.5
+    assert result.value["hole_after"] == "pending"
+    assert tcp_inside.received() == [b"not stalled"]
+    assert total < 5
+    # the completed connect is recorded; the abandoned one never completed
+    assert only(result.events, syscall="connect", port=tcp_inside.port).denied is False
+
+
+@pytest.mark.slow
+def test_black_holed_connect_does_not_defeat_the_timeout(black_hole: int) -> None:
+    from pytest_sandlock.engine.errors import SandboxCrash
+
+    start = time.monotonic()
+    with pytest.raises(SandboxCrash, match="timeout"):
+        Sandbox(Policy(net=LOCAL, timeout=1)).call(connect_errno, INSIDE, black_hole)
+    assert time.monotonic() - start < 4
