@@ -58,12 +58,8 @@ class SandlockSession:
     # -- session ------------------------------------------------------------------------------------
 
     def pytest_report_header(self, config: pytest.Config) -> list[str]:
-        s = self.settings
-        lines = [f"sandlock: {self.capabilities().summary()}", f"sandlock mode: {s.mode}"]
-        problems = list(getattr(self.capabilities(), "problems", ()))
-        if problems and not s.strict:
-            lines.append("sandlock WARNING: not enforced on this kernel: " + "; ".join(problems))
-        if s.debugging:
+        lines = [str(self.capabilities().summary()), f"sandlock mode: {self.settings.mode}"]
+        if self.settings.debugging:
             lines.append("sandlock: --pdb/--trace given: sandboxed tests run WITHOUT the sandbox")
         return lines
 
@@ -71,11 +67,10 @@ class SandlockSession:
     def pytest_sessionstart(self, session: pytest.Session) -> None:
         if self.settings.strict and not self.settings.audit and not self.is_worker:
             caps = self.capabilities()
-            problems = list(getattr(caps, "problems", ()))
-            if not caps.usable or problems:
+            missing = [*getattr(caps, "problems", ()), *getattr(caps, "warnings", ())]
+            if missing:
                 raise pytest.UsageError(
-                    "--sandlock-strict: this kernel lacks what the sandbox needs: "
-                    + ("; ".join(problems) or caps.summary())
+                    "--sandlock-strict: this kernel lacks what the sandbox needs: " + "; ".join(missing)
                 )
 
     # -- collection -----------------------------------------------------------------------------------

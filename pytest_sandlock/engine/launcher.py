@@ -232,7 +232,7 @@ def exec_target(
                 os.chdir(cwd)
             os.execve(program, args, os.environ if env is None else env)
         except OSError as exc:
-            os.write(result_fd, f"{exc.errno}:{exc.strerror}".encode())
+            os.write(result_fd, f"{exc.strerror} (errno {exc.errno})".encode())
             os._exit(127)
 
     return run

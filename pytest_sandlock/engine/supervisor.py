@@ -94,6 +94,8 @@ _PATH_CALLS: dict[str, tuple[tuple[Optional[int], int], ...]] = {
 }
 
 _PROCESS_CALLS = ("fork", "vfork", "clone")
+# Reason of a connect/send to a unix socket path that does not exist (outside the writable paths).
+ABSENT_UNIX_SOCKET = "no such unix socket"
 _NAMES: dict[int, str] = {
     _nr(n): n
     for n in (
@@ -355,6 +357,10 @@ class Supervisor:
     # ------------------------------------------------------------------ verdicts
     def _decide(self, event: SyscallEvent, static_ok: bool, reason: str) -> tuple[bool, int, SyscallEvent]:
         """Combine the static decision and the callback into (allowed, errno, event to record)."""
+        if not static_ok and reason == ABSENT_UNIX_SOCKET:
+            # Nothing to reach: fail as the kernel would, and record no denial. glibc probes nscd's
+            # socket on every name or user lookup; a strict test must not fail for that.
+            return False, errno.ENOENT, _with(event, reason=reason)
         if not static_ok:
             if self.audit:
                 return True, 0, _with(event, reason=f"audit: would be denied ({reason})")
@@ -411,6 +417,8 @@ class Supervisor:
         real = os.path.realpath(resolved)
         if self._is_writable(real):
             return True, ""
+        if not os.path.lexists(real):
+            return False, ABSENT_UNIX_SOCKET
         return False, f"unix socket {real} is outside the writable paths"
 
     def _on_connect(self, notif: Notification) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -104,7 +105,7 @@ def local_ip_listener() -> Iterator[Listener]:
 
 
 # The inner test suites share this helper: connect, send one line, return the reply or the errno.
-CLIENT = '''
+CLIENT = """
 import errno, socket
 
 def talk(host, port, payload=b"hello\\n"):
@@ -118,10 +119,30 @@ def talk(host, port, payload=b"hello\\n"):
         return e.errno
     finally:
         s.close()
-'''
+"""
 
 
 @pytest.fixture
 def client_module(pytester: pytest.Pytester) -> None:
     """Writes ``netclient.py`` (with ``talk()``) next to the inner tests."""
     pytester.makepyfile(netclient=CLIENT)
+
+
+@pytest.fixture
+def outside_dir() -> Iterator[str]:
+    """A directory outside every temp dir (so not writable by default inside the sandbox)."""
+    import shutil
+    import tempfile
+
+    for parent in ("/var/tmp", os.path.expanduser("~")):
+        if (
+            os.path.isdir(parent)
+            and os.access(parent, os.W_OK)
+            and not parent.startswith(tempfile.gettempdir())
+        ):
+            path = tempfile.mkdtemp(prefix="sandlock-plugin-test-", dir=parent)
+            break
+    else:
+        pytest.skip("no writable directory outside the temp dirs")
+    yield os.path.realpath(path)
+    shutil.rmtree(path, ignore_errors=True)

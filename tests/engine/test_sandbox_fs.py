@@ -1,0 +1,258 @@
+"""Filesystem enforcement of ``Sandbox``: the write ceiling, fs_deny, fs_read narrowing, live deny_path.
+
+Each denial (EACCES, nothing written) is paired with the same operation succeeding where the rule
+does not apply, so a sandbox that enforced nothing would fail every test here.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import tempfile
+from pathlib import Path
+
+from sandbox_helpers import only
+
+from pytest_sandlock.engine.channel import client
+from pytest_sandlock.engine.policy import Policy, SyscallCategory
+from pytest_sandlock.engine.sandbox import Sandbox
+
+NET = ["127.0.0.1"]
+
+
+def write_file(path: str, text: str = "data") -> object:
+    """Inside the sandbox: create/overwrite ``path``; "written" or the errno."""
+    try:
+        with open(path, "w") as fh:
+            fh.write(text)
+        return "written"
+    except OSError as exc:
+        return exc.errno
+
+
+def read_file(path: str) -> object:
+    try:
+        with open(path) as fh:
+            return fh.read()
+    except OSError as exc:
+        return exc.errno
+
+
+def _probe_name(directory: Path) -> Path:
+    return directory / f".sandlock-probe-{os.getpid()}-{os.urandom(4).hex()}"
+
+
+# --------------------------------------------------------------------------------------------- write ceiling
+
+
+def test_tmp_path_is_writable_by_default(tmp_path: Path) -> None:
+    assert os.path.realpath(tmp_path).startswith(os.path.realpath(tempfile.gettempdir()) + os.sep)
+    target = tmp_path / "out.txt"
+    result = Sandbox(Policy(net=NET)).call(write_file, str(target), "hello")
+    assert result.value == "written"
+    assert target.read_text() == "hello"
+    event = only(result.events, path=str(target))
+    assert event.category is SyscallCategory.FILE and event.denied is False
+
+
+def test_write_into_repo_denied_with_event(tmp_path: Path, repo_dir: Path) -> None:
+    target = _probe_name(repo_dir)
+    try:
+        result = Sandbox(Policy(net=NET)).call(write_file, str(target))
+        assert result.value == errno.EACCES
+        assert not target.exists()
+        event = only(result.events, path=str(target))
+        assert event.category is SyscallCategory.FILE
+        assert event.syscall in ("open", "openat", "creat")
+        assert (event.denied, event.errno) == (True, errno.EACCES)
+        assert event.reason == "outside the writable paths"
+        # positive control, same sandbox: tmp_path is writable
+        assert Sandbox(Policy(net=NET)).call(write_file, str(tmp_path / "ok")).value == "written"
+    finally:
+        target.unlink(missing_ok=True)
+
+
+def test_existing_repo_file_cannot_be_modified(repo_dir: Path) -> None:
+    victim = repo_dir / "pyproject.toml"
+    before = victim.read_bytes()
+
+    def body() -> list[object]:
+        out = [read_file(str(victim))[:9]]  # reading is fine
+        out.append(write_file(str(victim), "clobbered"))
+        try:
+            os.truncate(victim, 0)
+            out.append("truncated")
+        except OSError as exc:
+            out.append(exc.errno)
+        try:
+            with open(victim, "a") as fh:
+                fh.write("x")
+            out.append("appended")
+        except OSError as exc:
+            out.append(exc.errno)
+        return out
+
+    result = Sandbox(Policy(net=NET)).call(body)
+    assert result.value == [before.decode()[:9], errno.EACCES, errno.EACCES, errno.EACCES]
+    assert victim.read_bytes() == before
+    assert all(
+        e.denied and e.path == str(victim) for e in result.events if e.category is SyscallCategory.FILE
+    )
+    assert len(result.denials) == 3
+
+
+def test_path_mutations_outside_writable_set_denied(tmp_path: Path, repo_dir: Path) -> None:
+    existing = repo_dir / "pyproject.toml"
+
+    def body(base: str) -> dict[str, object]:
+        out: dict[str, object] = {}
+        newdir = os.path.join(base, f".probe-dir-{os.getpid()}")
+        for name, op in (
+            ("mkdir", lambda: os.mkdir(newdir)),
+            ("symlink", lambda: os.symlink("/etc/hostname", newdir + ".lnk")),
+            ("rename", lambda: os.rename(str(existing), os.path.join(base, "moved"))),
+            ("unlink", lambda: os.unlink(str(existing))),
+            ("chmod", lambda: os.chmod(str(existing), 0o600)),
+        ):
+            try:
+                op()
+                out[name] = "done"
+            except OSError as exc:
+                out[name] = exc.errno
+        return out
+
+    mode = existing.stat().st_mode
+    result = Sandbox(Policy(net=NET)).call(body, str(repo_dir))
+    assert result.value == dict.fromkeys(("mkdir", "symlink", "rename", "unlink", "chmod"), errno.EACCES)
+    assert existing.exists() and existing.stat().st_mode == mode
+    assert not any(p.name.startswith(f".probe-dir-{result.events[0].pid}") for p in repo_dir.iterdir())
+    denied_paths = {e.path for e in result.denials}
+    assert str(existing) in denied_paths
+    # positive control: mkdir and symlink in tmp_path work (rename/unlink/chmod would touch the repo)
+    ok = Sandbox(Policy(net=NET)).call(body, str(tmp_path)).value
+    assert ok["mkdir"] == "done" and ok["symlink"] == "done"
+
+
+def test_fs_write_adds_a_writable_dir(outside_dir: Path) -> None:
+    target = outside_dir / "granted.txt"
+    denied = Sandbox(Policy(net=NET)).call(write_file, str(target))
+    assert denied.value == errno.EACCES
+    assert not target.exists()
+    granted = Sandbox(Policy(net=NET, fs_write=[outside_dir])).call(write_file, str(target), "granted")
+    assert granted.value == "written"
+    assert target.read_text() == "granted"
+
+
+def test_symlink_from_tmp_into_repo_does_not_escape(tmp_path: Path, repo_dir: Path) -> None:
+    target = _probe_name(repo_dir)
+    link = tmp_path / "link"
+    link.symlink_to(target)
+    try:
+        result = Sandbox(Policy(net=NET)).call(write_file, str(link))
+        assert result.value == errno.EACCES
+        assert not target.exists()
+        assert only(result.events, denied=True).errno == errno.EACCES
+        # control: a symlink to a tmp_path file is followed fine
+        (tmp_path / "link2").symlink_to(tmp_path / "real")
+        assert Sandbox(Policy(net=NET)).call(write_file, str(tmp_path / "link2")).value == "written"
+        assert (tmp_path / "real").read_text() == "data"
+    finally:
+        target.unlink(missing_ok=True)
+
+
+# --------------------------------------------------------------------------------------------- fs_deny
+
+
+def test_fs_deny_file_inside_readable_dir(outside_dir: Path) -> None:
+    (outside_dir / "secret.txt").write_text("top secret")
+    (outside_dir / "public.txt").write_text("public")
+    policy = Policy(net=NET, fs_deny=[outside_dir / "secret.txt"])
+    box = Sandbox(policy)
+    result = box.call(lambda: [read_file(str(outside_dir / n)) for n in ("secret.txt", "public.txt")])
+    assert result.value == [errno.EACCES, "public"]
+    # positive control: without fs_deny the secret is readable
+    assert Sandbox(Policy(net=NET)).call(read_file, str(outside_dir / "secret.txt")).value == "top secret"
+
+
+def test_fs_deny_directory_inside_writable_tmp(tmp_path: Path) -> None:
+    # Documented Landlock limit (landlock.py): new entries directly in a directory along the denied
+    # path cannot be created, so the positive controls write an existing sibling and a sibling subdir.
+    private = tmp_path / "private"
+    private.mkdir()
+    (private / "key").write_text("k")
+    (tmp_path / "sibling").write_text("s")
+    (tmp_path / "subdir").mkdir()
+    box = Sandbox(Policy(net=NET, fs_deny=[private]))
+
+    def body() -> dict[str, object]:
+        out: dict[str, object] = {
+            "read_key": read_file(str(private / "key")),
+            "read_sibling": read_file(str(tmp_path / "sibling")),
+            "write_key": write_file(str(private / "key"), "overwritten"),
+            "write_new": write_file(str(private / "new")),
+            "write_sibling": write_file(str(tmp_path / "sibling"), "s2"),
+            "create_in_subdir": write_file(str(tmp_path / "subdir" / "new")),
+        }
+        try:
+            out["list"] = sorted(os.listdir(private))
+        except OSError as exc:
+            out["list"] = exc.errno
+        return out
+
+    result = box.call(body)
+    assert result.value == {
+        "read_key": errno.EACCES,
+        "read_sibling": "s",
+        "write_key": errno.EACCES,
+        "write_new": errno.EACCES,
+        "write_sibling": "written",
+        "create_in_subdir": "written",
+        "list": errno.EACCES,
+    }
+    assert (tmp_path / "sibling").read_text() == "s2"
+    assert (private / "key").read_text() == "k"
+    assert not (private / "new").exists()
+    assert {e.path for e in result.denials} >= {str(private / "key"), str(private / "new")}
+
+
+# --------------------------------------------------------------------------------------------- fs_read
+
+
+def test_fs_read_narrowing(outside_dir: Path) -> None:
+    allowed, other = outside_dir / "a", outside_dir / "b"
+    allowed.mkdir()
+    other.mkdir()
+    (allowed / "f").write_text("in a")
+    (other / "f").write_text("in b")
+
+    def body() -> list[object]:
+        import json  # an import still works: the interpreter stays readable
+
+        return [read_file(str(allowed / "f")), read_file(str(other / "f")), json.dumps(1)]
+
+    narrowed = Sandbox(Policy(net=NET, fs_read=[allowed])).call(body)
+    assert narrowed.value == ["in a", errno.EACCES, "1"]
+    # positive control: fs_read omitted means everything is readable
+    assert Sandbox(Policy(net=NET)).call(body).value == ["in a", "in b", "1"]
+
+
+# --------------------------------------------------------------------------------------------- live deny_path
+
+
+def test_live_deny_path_and_allow_path(tmp_path: Path) -> None:
+    target = tmp_path / "dyn.txt"
+
+    def body() -> list[object]:
+        live = client()
+        assert live is not None
+        out = [write_file(str(target), "one")]
+        live.deny_path(str(tmp_path))
+        out.append(write_file(str(target), "two"))
+        live.allow_path(str(tmp_path))
+        out.append(write_file(str(target), "three"))
+        return out
+
+    result = Sandbox(Policy(net=NET)).call(body)
+    assert result.value == ["written", errno.EACCES, "written"]
+    assert target.read_text() == "three"
+    assert [e.denied for e in result.events if e.path == str(target)] == [False, True, False]

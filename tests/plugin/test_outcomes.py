@@ -1,0 +1,239 @@
+"""The call phase's outcome crosses back from the child intact."""
+
+from __future__ import annotations
+
+import pytest
+
+OUTCOMES = """
+import os, sys, warnings, logging, pytest
+
+@pytest.mark.sandbox
+def test_assert_rewriting():
+    left = {"a": 1, "b": 2}
+    assert left == {"a": 1, "b": 3}
+
+@pytest.mark.sandbox
+def test_skip_inside():
+    pytest.skip("skipped in the child")
+
+@pytest.mark.sandbox
+def test_xfail_inside():
+    pytest.xfail("xfailed in the child")
+
+@pytest.mark.sandbox
+@pytest.mark.xfail(raises=KeyError, strict=True)
+def test_xfail_marker_raises():
+    raise KeyError("k")
+
+@pytest.mark.sandbox
+@pytest.mark.xfail(raises=KeyError, strict=True)
+def test_xfail_wrong_exception():
+    raise ValueError("not a KeyError")
+
+@pytest.mark.sandbox
+def test_fail_inside():
+    pytest.fail("explicit failure", pytrace=False)
+
+class MyError(Exception):
+    def __init__(self, a, b):
+        super().__init__(a, b)
+
+@pytest.mark.sandbox
+def test_custom_exception():
+    raise MyError("one", 2)
+
+@pytest.mark.sandbox
+def test_warning_inside():
+    warnings.warn("warned in the child", UserWarning)
+
+@pytest.mark.sandbox
+def test_pid_differs():
+    print("child pid", os.getpid())
+"""
+
+
+def test_outcomes_cross_back(pytester):
+    pytester.makepyfile(test_inner=OUTCOMES)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rsxX")
+    result.assert_outcomes(passed=2, failed=4, skipped=1, xfailed=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*def test_assert_rewriting():*",
+            '>       assert left == {"a": 1, "b": 3}',
+            "E       AssertionError: assert {'a': 1, 'b': 2} == {'a': 1, 'b': 3}",
+            "*Differing items:*",
+            "test_inner.py:6: AssertionError",
+        ]
+    )
+    result.stdout.fnmatch_lines(["*explicit failure*"])
+    result.stdout.fnmatch_lines(["E       test_inner.MyError: ('one', 2)"])
+    result.stdout.fnmatch_lines(["E       ValueError: not a KeyError"])
+    result.stdout.fnmatch_lines(["SKIPPED [1] test_inner.py:10: skipped in the child"])
+    result.stdout.fnmatch_lines(["XFAIL test_inner.py::test_xfail_inside - xfailed in the child"])
+    result.stdout.fnmatch_lines(
+        ["*warnings summary*", "test_inner.py::test_warning_inside", "*UserWarning: warned in the child"]
+    )
+    assert "sandlock" not in "".join(line for line in result.stdout.lines if line.startswith("E "))
+
+
+@pytest.mark.parametrize("style", ["short", "line", "native", "no"])
+def test_tb_styles_apply_to_child_failures(pytester, style):
+    pytester.makepyfile(
+        test_inner="""
+        import pytest
+        @pytest.mark.sandbox
+        def test_f():
+            x = 41
+            assert x + 1 == 43
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", f"--tb={style}")
+    result.assert_outcomes(failed=1)
+    expected = {
+        "short": ["*test_inner.py:5: in test_f*", "E   assert (41 + 1) == 43"],
+        "line": ["*test_inner.py:5: assert (41 + 1) == 43"],
+        "native": ["*File *test_inner.py*, line 5, in test_f*", "AssertionError: assert (41 + 1) == 43"],
+        "no": ["FAILED test_inner.py::test_f - assert (41 + 1) == 43"],
+    }[style]
+    result.stdout.fnmatch_lines(expected)
+
+
+@pytest.mark.parametrize("capture", ["fd", "sys", "tee-sys"])
+def test_captured_output_crosses_back(pytester, capture):
+    pytester.makepyfile(
+        test_inner="""
+        import os, sys, pytest
+
+        @pytest.mark.sandbox
+        def test_prints(capsys):
+            print("read by capsys")
+            assert capsys.readouterr().out == "read by capsys\\n"
+            print("left for the report")
+            sys.stderr.write("to stderr\\n")
+            assert 0
+
+        @pytest.mark.sandbox
+        def test_global_capture():
+            print("global capture")
+            assert 0
+
+        @pytest.mark.sandbox
+        def test_capfd(capfd):
+            os.write(1, b"fd level\\n")
+            assert capfd.readouterr().out == "fd level\\n"
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", f"--capture={capture}")
+    result.assert_outcomes(failed=2, passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*_ test_prints _*",
+            "*Captured stdout call*",
+            "left for the report",
+            "*Captured stderr call*",
+            "to stderr",
+            "*_ test_global_capture _*",
+            "*Captured stdout call*",
+            "global capture",
+        ]
+    )
+    assert "read by capsys" not in result.stdout.lines
+
+
+def test_no_capture_output_reaches_terminal(pytester):
+    pytester.makepyfile(
+        test_inner="""
+        import pytest
+        @pytest.mark.sandbox
+        def test_prints():
+            print("straight to the terminal")
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-s")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*straight to the terminal*"])
+
+
+def test_caplog_and_log_section(pytester):
+    pytester.makepyfile(
+        test_inner="""
+        import logging, pytest
+        @pytest.mark.sandbox
+        def test_logs(caplog):
+            logging.getLogger("inner").warning("logged in the child")
+            assert [r.getMessage() for r in caplog.records] == ["logged in the child"]
+            assert 0
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*Captured log call*", "WARNING  inner:test_inner.py:4 logged in the child"])
+
+
+def test_crash_and_timeout_fail_the_test_and_the_run_continues(pytester):
+    pytester.makepyfile(
+        test_inner="""
+        import os, signal, time, pytest
+
+        @pytest.mark.sandbox
+        def test_segfault():
+            os.kill(os.getpid(), signal.SIGSEGV)
+
+        @pytest.mark.sandbox(timeout=1)
+        def test_timeout():
+            time.sleep(30)
+
+        @pytest.mark.sandbox
+        def test_after():
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:faulthandler", timeout=60)
+    result.assert_outcomes(failed=2, passed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*test_inner.py::test_segfault did not finish: the child was killed by signal SIGSEGV*",
+            "*test_inner.py::test_timeout did not finish: timeout after 1.0s*",
+        ]
+    )
+
+
+def test_pytest_exit_inside_stops_the_session(pytester):
+    pytester.makepyfile(
+        test_inner="""
+        import pytest
+        @pytest.mark.sandbox
+        def test_exit():
+            pytest.exit("stop here", returncode=3)
+        def test_never():
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    assert result.ret == 3
+    result.stdout.fnmatch_lines(["*Exit: stop here*"])
+    assert "test_never" not in result.stdout.str()
+
+
+def test_fs_write_ceiling_with_positive_control(pytester, outside_dir):
+    pytester.makepyfile(
+        test_inner=f"""
+        import errno, pytest
+
+        @pytest.mark.sandbox
+        def test_denied(tmp_path):
+            (tmp_path / "ok.txt").write_text("tmp_path is writable")
+            with pytest.raises(PermissionError) as info:
+                open("{outside_dir}/denied.txt", "w")
+            assert info.value.errno == errno.EACCES
+
+        @pytest.mark.sandbox(fs_write=["{outside_dir}"])
+        def test_allowed():
+            with open("{outside_dir}/allowed.txt", "w") as f:
+                f.write("control")
+        """
+    )
+    pytester.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(passed=2)
+    import os
+
+    assert sorted(os.listdir(outside_dir)) == ["allowed.txt"]

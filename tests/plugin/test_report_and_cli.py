@@ -1,0 +1,256 @@
+"""JSON report, xdist, marker registration, usage errors, header, -p no:sandlock, --pdb."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+SUITE = """
+import errno, pytest
+from netclient import talk
+
+@pytest.mark.sandbox(net=["127.0.0.1"])
+def test_connects():
+    assert talk("127.0.0.1", {ins}) == b"pong\\n"
+    assert talk("127.0.0.2", {out}, b"denied\\n") == errno.EACCES
+
+def test_plain():
+    pass
+
+@pytest.mark.sandbox
+def test_skipped():
+    pytest.skip("no")
+
+@pytest.mark.sandbox
+def test_fails():
+    assert 0
+
+@pytest.fixture
+def broken():
+    raise RuntimeError("setup")
+
+@pytest.mark.sandbox
+def test_error(broken):
+    pass
+"""
+
+
+def _connects(entry):
+    return [
+        {k: e[k] for k in ("syscall", "category", "host", "port", "argv", "path", "denied")}
+        for e in entry["events"]
+        if e["syscall"] == "connect"
+    ]
+
+
+@pytest.mark.parametrize("xdist", [False, True], ids=["serial", "xdist"])
+def test_json_report(pytester, client_module, inside, outside, xdist):
+    pytester.makepyfile(test_inner=SUITE.format(ins=inside.port, out=outside.port))
+    args = ["-p", "no:cacheprovider", "--sandlock-report=out/report.json"]
+    if xdist:
+        args += ["-n", "2"]
+    result = pytester.runpytest_subprocess(*args)
+    result.assert_outcomes(passed=2, failed=1, skipped=1, errors=1)
+    data = json.loads((pytester.path / "out" / "report.json").read_text())
+    assert data["version"] == 1 and data["mode"] == "enforce"
+    tests = {t["nodeid"]: t for t in data["tests"]}
+    assert len(data["tests"]) == len(tests) == 5  # each test exactly once
+    assert {n: (t["outcome"], t["sandboxed"]) for n, t in tests.items()} == {
+        "test_inner.py::test_connects": ("passed", True),
+        "test_inner.py::test_plain": ("passed", False),
+        "test_inner.py::test_skipped": ("skipped", True),
+        "test_inner.py::test_fails": ("failed", True),
+        "test_inner.py::test_error": ("error", True),
+    }
+    assert _connects(tests["test_inner.py::test_connects"]) == [
+        {
+            "syscall": "connect",
+            "category": "network",
+            "host": "127.0.0.1",
+            "port": inside.port,
+            "argv": None,
+            "path": None,
+            "denied": False,
+        },
+        {
+            "syscall": "connect",
+            "category": "network",
+            "host": "127.0.0.2",
+            "port": outside.port,
+            "argv": None,
+            "path": None,
+            "denied": True,
+        },
+    ]
+    for event in tests["test_inner.py::test_connects"]["events"]:
+        assert set(event) == {
+            "syscall",
+            "category",
+            "pid",
+            "parent_pid",
+            "host",
+            "port",
+            "argv",
+            "path",
+            "denied",
+        }
+        assert isinstance(event["pid"], int)
+    assert tests["test_inner.py::test_plain"]["events"] == []
+    assert inside.wait_received(1) == [b"hello\n"]
+    assert outside.received == []
+
+
+@pytest.mark.parametrize("mode", ["--sandlock-strict", "--sandlock-audit"])
+def test_modes_under_xdist_match_serial(pytester, client_module, inside, outside, mode):
+    pytester.makepyfile(test_inner=SUITE.format(ins=inside.port, out=outside.port))
+    outcomes = []
+    for extra in ([], ["-n", "2"]):
+        result = pytester.runpytest_subprocess(
+            "-p", "no:cacheprovider", mode, "--sandlock-report=r.json", *extra
+        )
+        outcomes.append(result.parseoutcomes())
+        data = json.loads((pytester.path / "r.json").read_text())
+        assert data["mode"] == mode[len("--sandlock-") :]
+        assert sorted(t["nodeid"] for t in data["tests"]) == sorted(
+            f"test_inner.py::{n}"
+            for n in ("test_connects", "test_plain", "test_skipped", "test_fails", "test_error")
+        )
+        assert all(t["sandboxed"] for t in data["tests"])
+    assert outcomes[0] == outcomes[1]
+
+
+def test_xdist_descriptors_are_closed_in_the_child(pytester):
+    fdfile = pytester.path / "fds.txt"
+    pytester.makepyfile(
+        test_inner=f"""
+        import errno, os, pytest
+
+        def test_worker_fds(request):
+            fds = []
+            for plugin in request.config.pluginmanager.get_plugins():
+                gw_io = getattr(getattr(getattr(plugin, "channel", None), "gateway", None), "_io", None)
+                if gw_io is not None:
+                    fds += [gw_io.infile.fileno(), gw_io.outfile.fileno()]
+            assert fds, "no xdist channel found"
+            for fd in fds:
+                os.fstat(fd)  # open in the worker
+            with open("{fdfile}", "w") as f:
+                f.write(" ".join(map(str, fds)))
+
+        @pytest.mark.sandbox
+        def test_child_fds():
+            fds = [int(x) for x in open("{fdfile}").read().split()]
+            for fd in fds:
+                with pytest.raises(OSError) as info:
+                    os.write(fd, b"garbage")
+                assert info.value.errno == errno.EBADF
+        """
+    )
+    # one worker, file order: the first test records the worker's channel descriptors
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "1")
+    result.assert_outcomes(passed=2)
+
+
+def test_marker_registered_and_documented(pytester):
+    pytester.makepyfile(
+        test_inner="""
+        import pytest
+        @pytest.mark.sandbox(timeout=10)
+        def test_x():
+            pass
+        """
+    )
+    pytester.runpytest_subprocess("-p", "no:cacheprovider", "--strict-markers").assert_outcomes(passed=1)
+    result = pytester.runpytest_subprocess("--markers")
+    result.stdout.fnmatch_lines(["@pytest.mark.sandbox(net=None, fs_read=None, *enabled=True): *"])
+
+
+def test_invalid_marker_is_a_usage_error_naming_test_and_value(pytester):
+    pytester.makepyfile(
+        test_inner="""
+        import pytest
+        @pytest.mark.sandbox(net=["127.0.0.1:99999"])
+        def test_bad_port():
+            pass
+
+        @pytest.mark.sandbox(max_memory="lots")
+        def test_bad_memory():
+            pass
+
+        @pytest.mark.sandbox(colour="red")
+        def test_unknown():
+            pass
+
+        def test_fine():
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [
+            "ERROR: pytest-sandlock:",
+            "test_inner.py::test_bad_port: invalid sandbox policy from @pytest.mark.sandbox: *99999*",
+            "test_inner.py::test_bad_memory: invalid sandbox policy from @pytest.mark.sandbox: *lots*",
+            "test_inner.py::test_unknown: @pytest.mark.sandbox got unknown argument(s) colour*",
+        ]
+    )
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+    # Under xdist the same tests error at setup with the same message, and the others still run.
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2")
+    result.assert_outcomes(passed=1, errors=3)
+    result.stdout.fnmatch_lines(["*pytest-sandlock usage error: test_inner.py::test_bad_port: *99999*"])
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+
+
+def test_invalid_ini_is_a_usage_error(pytester):
+    pytester.makeini("[pytest]\nsandlock_net = not-a-valid-rule:x\n")
+    pytester.makepyfile(test_inner="def test_x(sandlock_policy):\n    pass\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["*test_inner.py::test_x: invalid sandbox policy from the sandlock_* ini options*"]
+    )
+
+
+def test_header_and_disable(pytester):
+    pytester.makeconftest(
+        """
+        import os, pytest
+        @pytest.fixture(scope="session")
+        def session_pid():
+            return os.getpid()
+        """
+    )
+    pytester.makepyfile(
+        test_inner="""
+        import os, pytest
+        @pytest.mark.sandbox
+        def test_x(session_pid):
+            print("forked", os.getpid() != session_pid)
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-s")
+    result.stdout.fnmatch_lines(["sandlock: *", "sandlock mode: enforce", "*forked True*"])
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-s", "-p", "no:sandlock")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*forked False*"])
+    assert "sandlock mode" not in result.stdout.str()
+
+
+def test_pdb_runs_sandboxed_tests_unconfined_with_a_message(pytester):
+    pytester.makepyfile(
+        test_inner="""
+        import pytest
+        @pytest.mark.sandbox
+        def test_ok():
+            pass
+
+        def test_fixture(sandlock_policy):
+            assert sandlock_policy.events == []
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--pdb", timeout=60)
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["sandlock: --pdb/--trace given: sandboxed tests run WITHOUT the sandbox"])
