@@ -98,9 +98,13 @@ def main() -> None:
     tmp = tempfile.mkdtemp()
     rows: list[tuple[str, float, float, str]] = []
 
-    plain, boxed = _median_pair(args.rounds, lambda: connects(port, 300), lambda: box.call(connects, port, 300).value)
+    plain, boxed = _median_pair(
+        args.rounds, lambda: connects(port, 300), lambda: box.call(connects, port, 300).value
+    )
     rows.append(("connect 127.0.0.1 (300x)", plain * 1e6, boxed * 1e6, "us"))
-    plain, boxed = _median_pair(args.rounds, lambda: true_launches(50), lambda: box.call(true_launches, 50).value)
+    plain, boxed = _median_pair(
+        args.rounds, lambda: true_launches(50), lambda: box.call(true_launches, 50).value
+    )
     rows.append(('subprocess.run(["/bin/true"]) (50x)', plain * 1e6, boxed * 1e6, "us"))
     plain, boxed = _median_pair(
         args.rounds, lambda: file_writes(tmp, 1000), lambda: box.call(file_writes, tmp, 1000).value
