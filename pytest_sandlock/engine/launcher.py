@@ -14,6 +14,7 @@ Any failure in 1-5 is reported to the parent and the target never runs: confinem
 
 from __future__ import annotations
 
+import gc
 import os
 import resource
 import select
@@ -68,7 +69,8 @@ def _vm_size() -> int:
     return 0
 
 
-def _child_confine(conf: Confinement, parent: int, sync_w: int, ack_r: int) -> None:
+def _child_confine(conf: Confinement, parent: int, sync_w: int) -> int:
+    """Confine this (child) process; returns the listener fd, reported to the parent but still open."""
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:  # the parent died between fork and prctl
         os._exit(1)
@@ -82,9 +84,16 @@ def _child_confine(conf: Confinement, parent: int, sync_w: int, ack_r: int) -> N
         landlock.restrict_self(conf.ruleset)
     listener = seccomp_filter.install(conf.compiled, conf.wait_killable)
     os.write(sync_w, b"L" + _SYNC.pack(listener, base))
+    return listener
+
+
+def _await_handoff(ack_r: int, listener: int) -> None:
+    """Block until the parent holds the listener, then drop ours: no code we did not write runs
+    while this process could answer its own notifications (KERNEL-NOTES trap 11)."""
     if os.read(ack_r, 1) != b"k":
         os._exit(1)
     os.close(listener)
+    os.close(ack_r)
 
 
 def launch(
@@ -111,19 +120,24 @@ def launch(
     parent = os.getpid()
     sys.stdout.flush()
     sys.stderr.flush()
+    # Freeze the collector's view of every existing object: a collection in the child would
+    # otherwise walk (and so copy-on-write) the whole heap of the pytest process.
+    gc.freeze()
     pid = os.fork()
+    if pid:
+        gc.unfreeze()
     if pid == 0:  # ---------------------------------------------------------------- child
         try:
             for fd in parent_only:
                 os.close(fd)
             try:
-                _child_confine(conf, parent, sync_w, ack_r)
+                child_listener = _child_confine(conf, parent, sync_w)
             except BaseException as exc:  # noqa: BLE001 - report anything, then die
                 message = f"{type(exc).__name__}: {exc}"
                 os.write(sync_w, b"E" + message.encode("utf-8", "replace")[:4000])
                 os._exit(70)
             os.close(sync_w)
-            os.close(ack_r)
+            # Trusted housekeeping overlaps with the parent fetching the listener.
             if out_pipes:
                 os.dup2(out_pipes[0][1], 1)
                 os.dup2(out_pipes[1][1], 2)
@@ -133,7 +147,7 @@ def launch(
                 devnull = os.open(os.devnull, os.O_RDONLY)
                 os.dup2(devnull, 0)
                 os.close(devnull)
-            keep = {result_w, req_w, resp_r, 0, 1, 2}
+            keep = {result_w, req_w, resp_r, ack_r, child_listener, 0, 1, 2}
             for fd in conf.close_fds:
                 if fd not in keep:
                     try:
@@ -141,6 +155,7 @@ def launch(
                     except OSError:
                         pass
             _install_client(LivePolicyClient(req_w, resp_r))
+            _await_handoff(ack_r, child_listener)
             target(result_w)
         except BaseException:  # noqa: BLE001
             try:
@@ -156,8 +171,9 @@ def launch(
     try:
         pidfd = os.pidfd_open(pid)
         listener_fd, base = _receive_listener(sync_r, pidfd)
-        listener = Listener(pidfd_getfd(pidfd, listener_fd))
+        grabbed = pidfd_getfd(pidfd, listener_fd)
         os.write(ack_w, b"k")
+        listener = Listener(grabbed)
     except BaseException:
         _abort_child(pid, pidfd, tree)
         for fd in parent_only:

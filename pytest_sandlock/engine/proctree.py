@@ -9,6 +9,7 @@ every sandboxed process carries at least one more filter than the supervisor its
 
 from __future__ import annotations
 
+import atexit
 import os
 import signal
 from collections.abc import Iterable
@@ -56,6 +57,31 @@ def seccomp_filter_count(pid: int) -> int:
     except (OSError, ValueError, IndexError):
         pass
     return -1
+
+
+_deferred: list[int] = []
+
+
+def reap_deferred() -> None:
+    """Collect roots that were killed without waiting (see ``kill_quickly``)."""
+    for pid in list(_deferred):
+        try:
+            done, _ = os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            done = pid
+        if done:
+            _deferred.remove(pid)
+
+
+def _reap_all_deferred() -> None:
+    for pid in _deferred:
+        try:
+            os.waitpid(pid, 0)
+        except ChildProcessError:
+            pass
+
+
+atexit.register(_reap_all_deferred)
 
 
 def read_status(tid: int) -> tuple[int, int]:
@@ -149,6 +175,27 @@ class ProcessTree:
                 self.reap_root()
             self._reap(members)
         return killed
+
+    def kill_quickly(self) -> None:
+        """End the tree without waiting for the root's exit when nothing else is left.
+
+        Used once the root has delivered its result: tearing down a forked pytest's address
+        space takes about as long as the fork, and nobody needs to wait for it. The root is
+        SIGKILLed (it was exiting anyway) and reaped later; if any other process of the tree
+        exists, fall back to the thorough loop.
+        """
+        members = self.members(include_root=not self.root_reaped)
+        for pid in members:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if any(pid != self.root for pid in members):
+            self.reap_root()
+            self.kill_all()
+        elif not self.root_reaped and self.reap_root(block=False) is None and not self.root_reaped:
+            _deferred.append(self.root)
+            self.root_reaped = True
 
     def reap_root(self, block: bool = True) -> Optional[int]:
         """Wait for the root child; returns its wait status (None if already reaped elsewhere)."""

@@ -11,7 +11,6 @@ import os
 import pickle
 import signal
 import site
-import struct
 import sys
 import sysconfig
 import tempfile
@@ -25,7 +24,8 @@ from . import capabilities, landlock, seccomp_filter
 from .errors import ChildException, SandboxCrash
 from .launcher import Confinement, close_launched, exec_target, launch
 from .policy import Policy, PolicyContext, SyscallEvent, tcp_ports_of
-from .supervisor import PolicyFn, Supervisor
+from .proctree import reap_deferred
+from .supervisor import RESULT_HEADER, PolicyFn, Supervisor
 
 # Device files every program expects to write; /dev/shm backs POSIX semaphores (multiprocessing).
 ALWAYS_WRITABLE_DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/tty", "/dev/pts", "/dev/shm")
@@ -40,7 +40,7 @@ SYSTEM_READABLE = (
     "/sys",
     "/dev",
 )
-_LEN = struct.Struct("=Q")
+_LEN = RESULT_HEADER
 
 
 def always_writable() -> tuple[str, ...]:
@@ -178,8 +178,14 @@ class Sandbox:
 
     # ------------------------------------------------------------------ running
     def _supervise(
-        self, target: Callable[[int], None], *, capture_output: bool = False, timeout: Optional[float] = None
+        self,
+        target: Callable[[int], None],
+        *,
+        capture_output: bool = False,
+        timeout: Optional[float] = None,
+        framed_result: bool = False,
     ) -> tuple[Supervisor, Any]:
+        reap_deferred()
         conf = Confinement(
             ruleset=self.ruleset,
             compiled=self.compiled,
@@ -212,6 +218,7 @@ class Sandbox:
                 output_fds=launched.output_fds,
                 deadline=deadline,
                 memory_base=launched.memory_base,
+                framed_result=framed_result,
             )
             outcome = supervisor.run()
         finally:
@@ -255,10 +262,15 @@ class Sandbox:
                 payload = pickle.dumps(("ok", fn(*args, **kwargs)), protocol=pickle.HIGHEST_PROTOCOL)
             except BaseException as exc:  # noqa: BLE001 - every failure crosses back as text
                 payload = pickle.dumps(("error", type(exc).__name__, str(exc), traceback.format_exc()))
+            for stream in (sys.stdout, sys.stderr):  # the root may be killed once its result is in
+                try:
+                    stream.flush()
+                except Exception:  # noqa: BLE001
+                    pass
             _write_result(result_fd, payload)
             os._exit(0)
 
-        supervisor, outcome = self._supervise(target)
+        supervisor, outcome = self._supervise(target, framed_result=True)
         events = supervisor.events
         if outcome.timed_out:
             raise SandboxCrash(f"timeout after {self._timeout_text()}", events)

@@ -76,6 +76,9 @@ ENOSYS_CALLS = ("clone3", "openat2")
 def _build() -> sc.SyscallFilter:
     flt = sc.SyscallFilter(sc.ALLOW)
     flt.set_attr(sc.Attr.ACT_BADARCH, sc.KILL_PROCESS)
+    # Binary-tree dispatch: the kernel emulates the filter for every syscall number when it is
+    # installed (to build its allow cache), so a linear chain makes every fork pay ~0.1 ms.
+    flt.set_attr(sc.Attr.CTL_OPTIMIZE, 2)
     for name in NOTIFIED_ALWAYS + PATH_MUTATING:
         flt.add_rule(sc.NOTIFY, name)
     flt.add_rule(sc.NOTIFY, "sendto", sc.Arg(4, sc.NE, 0))

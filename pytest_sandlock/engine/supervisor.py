@@ -51,6 +51,7 @@ AT_EMPTY_PATH = 0x1000
 CLONE_NAMESPACE_FLAGS = 0x7E020000
 MAX_DATA = 16 * 1024 * 1024
 POLICY_FN_TIMEOUT = 2.0
+RESULT_HEADER = struct.Struct("=Q")  # Sandbox.call's result: length, then the payload
 
 
 def _nr(name: str) -> int:
@@ -152,6 +153,7 @@ class Supervisor:
         output_fds: tuple[int, ...] = (),
         deadline: Optional[float] = None,
         memory_base: int = 0,
+        framed_result: bool = False,
     ) -> None:
         self.listener = listener
         self.ctx = ctx
@@ -165,6 +167,7 @@ class Supervisor:
         self.channel = channel
         self.deadline = deadline
         self.memory_base = memory_base
+        self.framed_result = framed_result  # the result is length-prefixed: done once it is whole
         self.events: list[SyscallEvent] = []
         self.outcome = Outcome()
         self._result_buf = bytearray()
@@ -244,20 +247,25 @@ class Supervisor:
                 if not pending.polled:
                     pending.polled = True
                     poller.register(sock, select.POLLOUT)
-            if root_done:
+            if root_done or (self.framed_result and self._result_complete()):
                 break
-        self._finish(open_fds)
+        self._finish(open_fds, root_done)
         return self.outcome
 
-    def _finish(self, open_fds: set[int]) -> None:
-        # The root is gone (or timed out): whatever else of the tree lives is a straggler.
-        if self.outcome.timed_out:
-            try:
-                os.kill(self.root_pid, 9)
-            except ProcessLookupError:
-                pass
-        self.outcome.root_status = self.tree.reap_root()
-        self.tree.kill_all()
+    def _result_complete(self) -> bool:
+        buf = self._result_buf
+        size = RESULT_HEADER.size
+        return len(buf) >= size and len(buf) >= size + RESULT_HEADER.unpack_from(buf)[0]
+
+    def _finish(self, open_fds: set[int], root_done: bool) -> None:
+        # The root is gone, has delivered its result, or timed out: whatever else of the tree
+        # lives is a straggler.
+        if root_done:
+            self.outcome.root_status = self.tree.reap_root()
+            self.tree.kill_all()
+        else:
+            self.tree.kill_quickly()
+            self.outcome.root_status = self.tree.root_status
         for fd in list(open_fds):
             while self._read_pipe(fd, block=False):
                 pass
@@ -802,5 +810,3 @@ def _predict_real(path: str, follow: bool) -> str:
     head, tail = os.path.split(path)
     return os.path.join(os.path.realpath(head), tail)
 
-
-_ = struct  # kept for type-checkers of callers that pack replies

@@ -1,0 +1,212 @@
+"""Plugin benchmarks: whole pytest runs, plain vs sandboxed, measured side by side in one run.
+
+    python benchmarks/bench_plugin.py [--rounds 3] [--tests 200]
+
+Generates a throwaway suite in a temp dir and runs pytest on it in subprocesses, alternating the
+plain and sandboxed variants round by round (these machines are noisy), then prints medians and ratios:
+
+1. N trivial tests, plain vs --sandlock-strict: per-test extra cost, against a bare fork()+waitpid()
+   of the same pytest process (measured inside that process by a session fixture);
+2. 300 connects to a loopback listener from one test, sandboxed vs not;
+3. subprocess.run(["/bin/true"]) x50 from one test, sandboxed vs not;
+4. 1,000 file writes into tmp_path from one test, sandboxed vs not;
+5. pytest process memory (RSS) and open fds before/after 1,000 sandboxed tests;
+6. the N trivial tests under -n 2, plain vs --sandlock-strict.
+Never part of the test run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+CONFTEST = '''
+import json, os, socket, statistics, threading, time
+import pytest
+
+OUT = os.environ["BENCH_OUT"]
+
+def _record(key, value):
+    with open(os.path.join(OUT, key), "a") as fh:
+        fh.write(json.dumps(value) + "\\n")
+
+def _fds():
+    return len(os.listdir("/proc/self/fd"))
+
+def _rss():
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+def pytest_sessionstart(session):
+    session.config._bench_start = (_rss(), _fds())
+
+def pytest_sessionfinish(session):
+    if hasattr(session.config, "workerinput"):
+        return
+    start = session.config._bench_start
+    _record("memory", {"rss_kb": [start[0], _rss()], "fds": [start[1], _fds()]})
+
+@pytest.fixture(scope="session", autouse=True)
+def bare_fork_cost():
+    if os.environ.get("BENCH_FORK"):
+        samples = []
+        for _ in range(50):
+            t = time.perf_counter()
+            pid = os.fork()
+            if pid == 0:
+                os._exit(0)
+            os.waitpid(pid, 0)
+            samples.append(time.perf_counter() - t)
+        _record("fork", statistics.median(samples))
+    yield
+
+@pytest.fixture(scope="session")
+def listener():
+    srv = socket.create_server(("127.0.0.1", 0), backlog=1024)
+    def run():
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            conn.close()
+    threading.Thread(target=run, daemon=True).start()
+    yield srv.getsockname()[1]
+    srv.close()
+'''
+
+TRIVIAL = """
+import pytest
+
+@pytest.mark.parametrize("i", range({n}))
+def test_trivial(i):
+    assert i >= 0
+"""
+
+WORK = '''
+import os, socket, subprocess, time
+import pytest
+from conftest import _record
+
+def test_connects(listener):
+    t = time.perf_counter()
+    for _ in range(300):
+        s = socket.socket()
+        s.connect(("127.0.0.1", listener))
+        s.close()
+    _record("connect", (time.perf_counter() - t) / 300)
+
+def test_true(listener):
+    t = time.perf_counter()
+    for _ in range(50):
+        subprocess.run(["/bin/true"], check=True)
+    _record("true", (time.perf_counter() - t) / 50)
+
+def test_writes(tmp_path):
+    t = time.perf_counter()
+    for i in range(1000):
+        with open(tmp_path / f"f{i % 50}", "w") as fh:
+            fh.write("x")
+    _record("writes", (time.perf_counter() - t) / 1000)
+'''
+
+
+def _write_suite(root: str, n: int) -> None:
+    with open(os.path.join(root, "conftest.py"), "w") as fh:
+        fh.write(textwrap.dedent(CONFTEST))
+    with open(os.path.join(root, "test_trivial.py"), "w") as fh:
+        fh.write(TRIVIAL.format(n=n))
+    with open(os.path.join(root, "test_work.py"), "w") as fh:
+        fh.write(WORK)
+    with open(os.path.join(root, "test_many.py"), "w") as fh:
+        fh.write(TRIVIAL.format(n=1000))
+    with open(os.path.join(root, "pytest.ini"), "w") as fh:
+        fh.write("[pytest]\n")
+
+
+def _pytest(root: str, out: str, *args: str, env_extra: dict[str, str] | None = None) -> float:
+    env = dict(os.environ, BENCH_OUT=out, **(env_extra or {}))
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", *args]
+    start = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
+    elapsed = time.perf_counter() - start
+    if proc.returncode != 0:
+        raise SystemExit(f"pytest failed ({' '.join(args)}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return elapsed
+
+
+def _read(out: str, key: str) -> list:
+    try:
+        with open(os.path.join(out, key)) as fh:
+            return [json.loads(line) for line in fh]
+    finally:
+        if os.path.exists(os.path.join(out, key)):
+            os.remove(os.path.join(out, key))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--tests", type=int, default=200)
+    args = parser.parse_args()
+    n = args.tests
+    root = tempfile.mkdtemp(prefix="sandlock-bench-")
+    out = tempfile.mkdtemp(prefix="sandlock-bench-out-")
+    _write_suite(root, n)
+    strict = "--sandlock-strict"
+    rows: list[tuple[str, str, str, str]] = []
+
+    plain_t, strict_t, forks = [], [], []
+    plain_x, strict_x = [], []
+    work: dict[str, dict[str, list[float]]] = {k: {"plain": [], "box": []} for k in ("connect", "true", "writes")}
+    for _ in range(args.rounds):
+        plain_t.append(_pytest(root, out, "test_trivial.py", env_extra={"BENCH_FORK": "1"}))
+        forks.extend(_read(out, "fork"))
+        strict_t.append(_pytest(root, out, "test_trivial.py", strict, env_extra={"BENCH_FORK": "1"}))
+        forks.extend(_read(out, "fork"))
+        for mode, extra in (("plain", ()), ("box", (strict,))):
+            _pytest(root, out, "test_work.py", *extra)
+            for key in work:
+                work[key][mode].extend(_read(out, key))
+        plain_x.append(_pytest(root, out, "test_trivial.py", "-n", "2"))
+        strict_x.append(_pytest(root, out, "test_trivial.py", "-n", "2", strict))
+    _read(out, "memory")
+
+    fork = statistics.median(forks)
+    extra = (statistics.median(strict_t) - statistics.median(plain_t)) / n
+    rows.append((f"{n} trivial tests, whole run", f"{statistics.median(plain_t):.2f} s",
+                 f"{statistics.median(strict_t):.2f} s", f"{statistics.median(strict_t) / statistics.median(plain_t):.2f}x"))
+    rows.append(("extra cost per sandboxed test vs bare fork", f"{fork * 1e3:.2f} ms (fork)",
+                 f"{extra * 1e3:.2f} ms", f"{extra / fork:.2f}x"))
+    for key, label, scale, unit in (("connect", "connect to loopback (300x)", 1e6, "us"),
+                                    ("true", 'subprocess.run(["/bin/true"]) (50x)', 1e6, "us"),
+                                    ("writes", "open+write+close in tmp_path (1000x)", 1e6, "us")):
+        p, b = statistics.median(work[key]["plain"]), statistics.median(work[key]["box"])
+        rows.append((label, f"{p * scale:.1f} {unit}", f"{b * scale:.1f} {unit}", f"{b / p:.2f}x"))
+    rows.append((f"{n} trivial tests with -n 2", f"{statistics.median(plain_x):.2f} s",
+                 f"{statistics.median(strict_x):.2f} s", f"{statistics.median(strict_x) / statistics.median(plain_x):.2f}x"))
+
+    _pytest(root, out, "test_many.py", strict)
+    mem = _read(out, "memory")[-1]
+    rows.append(("1,000 sandboxed tests: pytest RSS before/after", f"{mem['rss_kb'][0] / 1024:.1f} MiB",
+                 f"{mem['rss_kb'][1] / 1024:.1f} MiB", f"+{(mem['rss_kb'][1] - mem['rss_kb'][0]) / 1024:.1f} MiB"))
+    rows.append(("1,000 sandboxed tests: open fds before/after", str(mem["fds"][0]), str(mem["fds"][1]),
+                 f"+{mem['fds'][1] - mem['fds'][0]}"))
+
+    print(f"{'measurement':50} {'plain':>16} {'sandboxed':>12} {'ratio':>9}")
+    for name, p, b, r in rows:
+        print(f"{name:50} {p:>16} {b:>12} {r:>9}")
+
+
+if __name__ == "__main__":
+    main()
