@@ -10,7 +10,6 @@ import errno
 import fcntl
 import ipaddress
 import os
-import select
 import socket
 import struct
 from typing import Any, Optional
@@ -68,30 +67,39 @@ def _via_opath(path: str) -> tuple[int, bytes]:
     return fd, _unix_sockaddr(f"/proc/self/fd/{fd}")
 
 
-def connect(sock: int, addr: SockAddr, unix_target: Optional[str]) -> tuple[int, bool]:
-    """(result, in_progress). A blocking socket's connect is started non-blocking and finished later."""
+CONNECT_DONE, CONNECT_IN_PROGRESS, CONNECT_RETRY = 0, 1, 2
+
+
+def connect(sock: int, addr: SockAddr, unix_target: Optional[str]) -> tuple[int, int]:
+    """(result, state). A blocking socket's connect is made non-blocking so that no destination
+    can stall the supervisor: CONNECT_IN_PROGRESS means "answer when writable" (TCP handshake),
+    CONNECT_RETRY "try again shortly" (a unix listener whose backlog is full)."""
     raw = addr.raw
     opath = -1
     if unix_target is not None:
         try:
             opath, raw = _via_opath(unix_target)
         except OSError as exc:
-            return -(exc.errno or errno.ENOENT), False
+            return -(exc.errno or errno.ENOENT), CONNECT_DONE
     try:
-        if addr.family in (socket.AF_INET, socket.AF_INET6) and is_blocking(sock):
-            flags = fcntl.fcntl(sock, fcntl.F_GETFL)
-            fcntl.fcntl(sock, fcntl.F_SETFL, flags | os.O_NONBLOCK)
-            try:
-                result = connect_raw(sock, raw)
-            finally:
-                fcntl.fcntl(sock, fcntl.F_SETFL, flags)
+        flags = fcntl.fcntl(sock, fcntl.F_GETFL)
+        if flags & os.O_NONBLOCK:
+            return connect_raw(sock, raw), CONNECT_DONE
+        fcntl.fcntl(sock, fcntl.F_SETFL, flags | os.O_NONBLOCK)
+        try:
+            result = connect_raw(sock, raw)
             if result == -errno.EINPROGRESS:
-                # Loopback handshakes usually finish within the call: look once before deferring.
-                if select.select((), (sock,), (), 0)[1]:
-                    return -socket_error(sock), False
-                return 0, True
-            return result, False
-        return connect_raw(sock, raw), False
+                # Loopback handshakes usually finish within the call: ask once more before
+                # deferring (EISCONN: it completed; EALREADY: still going).
+                again = connect_raw(sock, raw)
+                if again == -errno.EALREADY:
+                    return 0, CONNECT_IN_PROGRESS
+                result = 0 if again in (0, -errno.EISCONN) else again
+        finally:
+            fcntl.fcntl(sock, fcntl.F_SETFL, flags)
+        if result == -errno.EAGAIN and addr.family == socket.AF_UNIX:
+            return result, CONNECT_RETRY
+        return result, CONNECT_DONE
     finally:
         if opath >= 0:
             os.close(opath)

@@ -42,7 +42,7 @@ from .policy import (
     is_path_within,
 )
 from .proctree import ProcessTree, read_status
-from .syscalls import PIDFD_THREAD, pidfd_getfd, pidfd_open
+from .syscalls import PIDFD_THREAD, forget_memory_fds, pidfd_getfd, pidfd_open
 
 PolicyFn = Callable[[SyscallEvent, PolicyContext], Any]
 
@@ -51,6 +51,7 @@ AT_EMPTY_PATH = 0x1000
 CLONE_NAMESPACE_FLAGS = 0x7E020000
 MAX_DATA = 16 * 1024 * 1024
 POLICY_FN_TIMEOUT = 2.0
+RETRY_DELAY = 0.005
 RESULT_HEADER = struct.Struct("=Q")  # Sandbox.call's result: length, then the payload
 
 
@@ -124,6 +125,7 @@ class _Pending:
     event: SyscallEvent
     retry: Optional[Callable[[], int]] = None  # a send to retry; None for a connect
     polled: bool = False  # registered with the poll object
+    retry_at: Optional[float] = None  # retried on a timer rather than on POLLOUT
 
 
 @dataclass
@@ -219,10 +221,20 @@ class Supervisor:
                     self.outcome.timed_out = True
                     break
                 timeout_ms = max(1, int(remaining * 1000))
+            timed = [p.retry_at for p in self._pending.values() if p.retry_at is not None]
+            if timed:
+                wait_ms = max(0, int((min(timed) - time.monotonic()) * 1000))
+                timeout_ms = wait_ms if timeout_ms is None else min(timeout_ms, wait_ms)
             try:
                 ready = poller.poll(timeout_ms)
             except InterruptedError:
                 continue
+            if timed:
+                now = time.monotonic()
+                for sock in [
+                    s for s, p in self._pending.items() if p.retry_at is not None and p.retry_at <= now
+                ]:
+                    self._complete_pending(sock)
             for fd, mask in ready:
                 if fd == listener_fd:
                     if mask & select.POLLIN:
@@ -244,7 +256,7 @@ class Supervisor:
                     poller.unregister(fd)
                     self._complete_pending(fd)
             for sock, pending in self._pending.items():
-                if not pending.polled:
+                if not pending.polled and pending.retry_at is None:
                     pending.polled = True
                     poller.register(sock, select.POLLOUT)
             if root_done or (self.framed_result and self._result_complete()):
@@ -278,6 +290,7 @@ class Supervisor:
         for pidfd in self._pidfds.values():
             os.close(pidfd)
         self._pidfds.clear()
+        forget_memory_fds()
 
     def _out_fd(self, index: int) -> int:
         fds = list(self._outputs)
@@ -345,22 +358,31 @@ class Supervisor:
         return info
 
     def _pidfd(self, tid: int) -> int:
-        """A pidfd for the thread ``tid``, cached; a stale one (tid reused) is replaced."""
+        """A pidfd for the thread ``tid``, cached (see ``_grab_fd`` for staleness)."""
         fd = self._pidfds.get(tid)
-        if fd is not None:
-            if not select.select([fd], [], [], 0)[0]:
-                return fd
-            os.close(fd)
-            self._procinfo.pop(tid, None)
-        try:
-            fd = pidfd_open(tid, PIDFD_THREAD)
-        except OSError:
-            fd = pidfd_open(self._proc(tid)[0], 0)
-        self._pidfds[tid] = fd
+        if fd is None:
+            try:
+                fd = pidfd_open(tid, PIDFD_THREAD)
+            except OSError:
+                fd = pidfd_open(self._proc(tid)[0], 0)
+            self._pidfds[tid] = fd
         return fd
 
     def _grab_fd(self, notif: Notification, fd_arg: int) -> int:
-        return pidfd_getfd(self._pidfd(notif.pid), _s32(fd_arg))
+        """Duplicate the notifying thread's descriptor.
+
+        A cached pidfd whose thread died fails with ESRCH (it never reaches a newer thread that
+        reused the tid): then the caches for that tid are dropped and the pidfd reopened once.
+        """
+        try:
+            return pidfd_getfd(self._pidfd(notif.pid), _s32(fd_arg))
+        except ProcessLookupError:
+            stale = self._pidfds.pop(notif.pid, None)
+            if stale is None:
+                raise
+            os.close(stale)
+            self._procinfo.pop(notif.pid, None)
+            return pidfd_getfd(self._pidfd(notif.pid), _s32(fd_arg))
 
     # ------------------------------------------------------------------ verdicts
     def _decide(self, event: SyscallEvent, static_ok: bool, reason: str) -> tuple[bool, int, SyscallEvent]:
@@ -447,9 +469,22 @@ class Supervisor:
                 self.events.append(event)
                 self.listener.fail(notif.id, err)
                 return
-            result, in_progress = netops.connect(sock, addr, self._unix_target(pid, addr))
-            if in_progress:
+            target = self._unix_target(pid, addr)
+            result, state = netops.connect(sock, addr, target)
+            if state == netops.CONNECT_IN_PROGRESS:
                 self._pending[sock] = _Pending(notif.id, sock, event)
+                sock = -1
+                return
+            if state == netops.CONNECT_RETRY:
+                dup = sock
+
+                def retry() -> int:
+                    again, again_state = netops.connect(dup, addr, target)
+                    return -errno.EAGAIN if again_state == netops.CONNECT_RETRY else again
+
+                self._pending[sock] = _Pending(
+                    notif.id, sock, event, retry, retry_at=time.monotonic() + RETRY_DELAY
+                )
                 sock = -1
                 return
             self.events.append(event)
@@ -482,7 +517,10 @@ class Supervisor:
             if pending.retry is not None:
                 result = pending.retry()
                 if result == -errno.EAGAIN:
-                    self._pending[sock] = _Pending(pending.nid, sock, pending.event, pending.retry)
+                    retry_at = None if pending.retry_at is None else time.monotonic() + RETRY_DELAY
+                    self._pending[sock] = _Pending(
+                        pending.nid, sock, pending.event, pending.retry, retry_at=retry_at
+                    )
                     return
             else:
                 result = -netops.socket_error(sock)
@@ -809,4 +847,3 @@ def _predict_real(path: str, follow: bool) -> str:
         return os.path.realpath(path)
     head, tail = os.path.split(path)
     return os.path.join(os.path.realpath(head), tail)
-
