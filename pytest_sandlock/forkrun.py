@@ -7,6 +7,20 @@ failure representation built in the child, so assertion rewriting, ``--tb`` and 
 the text written to in-memory captures (``--capture=sys``, ``capsys``; fd-level capture is shared through the
 inherited descriptors), the caplog report text and the warnings. :func:`run_call` re-raises the outcome in
 the pytest process, so skip/xfail/``-x``/``pytest.exit`` behave as usual, and records the events.
+
+Compatibility with other plugins lives here too:
+
+- coverage.py / pytest-cov: the child ends with ``os._exit``, so coverage's atexit save never runs there.
+  The child saves its collector's data explicitly, into a staging directory under the system temp dir (which
+  the sandbox always lets it write); the pytest process then moves each staged data file next to the
+  configured data file (the rootdir, read-only inside the sandbox), named as a parallel data file, so that
+  pytest-cov's (or ``coverage combine``'s) combine step picks it up. Python subprocesses of the test that
+  start coverage themselves (pytest-cov < 7: ``COV_CORE_DATAFILE``; coverage's ``[run] patch = subprocess``:
+  ``COVERAGE_PROCESS_CONFIG``) are pointed at the same staging directory. See :class:`CoverageBridge`.
+- pytest-timeout (signal method) and Ctrl-C: a SIGALRM/SIGINT handler that raises in the pytest process would
+  interrupt the supervisor loop and leave the child tree running. While a sandboxed call phase runs, such a
+  handler is wrapped (:class:`_InterruptGuard`): it runs at once (pytest-timeout dumps its stacks), the
+  child tree is killed, the supervisor finishes normally, and only then is the handler's exception raised.
 """
 
 from __future__ import annotations
@@ -14,8 +28,11 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import shutil
+import signal
 import sys
 import tempfile
+import threading
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -59,6 +76,15 @@ class Runner:
         self.settings = settings
         self._writable: Optional[tuple[str, ...]] = None
         self._close_fds: Optional[tuple[int, ...]] = None
+        self._coverage_staging: Optional[str] = None
+
+    def coverage_staging(self) -> str:
+        """A directory the child may write (under the system temp dir) for coverage data files."""
+        if self._coverage_staging is None:
+            path = tempfile.mkdtemp(prefix="pytest-sandlock-cov-")
+            self._coverage_staging = os.path.realpath(path)
+            self.config.add_cleanup(lambda: shutil.rmtree(path, ignore_errors=True))
+        return self._coverage_staging
 
     def extra_writable(self) -> tuple[str, ...]:
         """Writable on top of the engine's own set (system temp dir, devices): pytest's basetemp."""
@@ -153,6 +179,253 @@ def compose_policy_fn(
 
 
 # --------------------------------------------------------------------------------------------------------
+# coverage.py (pytest-cov) across the fork
+# --------------------------------------------------------------------------------------------------------
+
+
+def _active_coverage() -> Any:
+    """The running ``coverage.Coverage`` (pytest-cov's or ``coverage run``'s), without importing coverage."""
+    module = sys.modules.get("coverage")
+    current = getattr(getattr(module, "Coverage", None), "current", None)
+    if current is None:
+        return None
+    try:
+        return current()
+    except Exception:
+        return None
+
+
+class CoverageBridge:
+    """Gets the coverage data measured in the sandboxed child (and its Python subprocesses) to the data file.
+
+    Why a staging directory: coverage writes parallel data files (``.coverage.<host>.pid<N>.X<rand>x``) next
+    to its data file, normally the rootdir, which the sandbox makes read-only. Making that directory writable
+    for the child would open the whole source tree to the test (Landlock grants directories, not file name
+    patterns), so the child writes into a private directory under the system temp dir instead, and the
+    pytest process, unconfined, moves what appeared there into the data file's directory after the call.
+    pytest-cov's combine step at the end of the session (or ``coverage combine``) then merges them.
+
+    The child's data file is chosen by coverage itself on its first save after the fork (coverage notices the
+    new pid and picks a fresh parallel name); the bridge only changes the directory of that name. The parent's
+    collector, its data file and its contexts (``--cov-context=test``) are untouched.
+    """
+
+    def __init__(self, cov: Any, staging: str) -> None:
+        self.staging = staging
+        data = getattr(cov, "_data", None)
+        basename = getattr(data, "_basename", None)
+        if not isinstance(basename, str):
+            basename = os.path.abspath(str(getattr(getattr(cov, "config", None), "data_file", ".coverage")))
+        self.target_dir, self.basename = os.path.split(basename)
+
+    @classmethod
+    def for_call(cls, runner: Runner) -> Optional[CoverageBridge]:
+        cov = _active_coverage()
+        return None if cov is None else cls(cov, runner.coverage_staging())
+
+    # -- in the child ---------------------------------------------------------------------------------
+
+    def redirect_in_child(self) -> Optional[str]:
+        """Before the test: send this process's and its Python subprocesses' coverage data to staging."""
+        staged = os.path.join(self.staging, self.basename)
+        os.environ["COV_CORE_DATAFILE"] = staged  # pytest-cov < 7: its .pth starts coverage in subprocesses
+        problem = None
+        config_env = os.environ.get("COVERAGE_PROCESS_CONFIG")
+        if config_env:  # coverage >= 7.10 ``[run] patch = subprocess`` (the pytest-cov 7 way)
+            try:
+                from coverage.config import CoverageConfig
+
+                config = CoverageConfig.deserialize(config_env)
+                config.data_file = os.path.join(self.staging, os.path.basename(config.data_file))
+                os.environ["COVERAGE_PROCESS_CONFIG"] = config.serialize()
+            except Exception as exc:
+                problem = f"subprocess coverage not redirected: {type(exc).__name__}: {exc}"
+        cov = _active_coverage()
+        data = getattr(cov, "_data", None)
+        if data is None or not hasattr(data, "_basename"):
+            return problem or "coverage is active but its data object is not the one expected"
+        data._basename = staged
+        return problem
+
+    def save_in_child(self) -> Optional[str]:
+        """After the test: write what the child measured (``os._exit`` skips coverage's atexit save)."""
+        cov = _active_coverage()
+        if cov is None:
+            return None
+        try:
+            cov.save()
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc}"
+        return None
+
+    # -- in the pytest process ------------------------------------------------------------------------
+
+    def collect(self) -> list[str]:
+        """Move the staged data files next to the data file; returns the problems met."""
+        problems: list[str] = []
+        try:
+            names = os.listdir(self.staging)
+        except OSError as exc:
+            return [f"cannot list {self.staging}: {exc}"]
+        for name in names:
+            if name != self.basename and not name.startswith(self.basename + "."):
+                continue
+            if name.endswith("-journal"):
+                continue
+            target = name
+            if name == self.basename:  # a subprocess that was not in parallel mode: give it a parallel name
+                target = f"{name}.{_parallel_suffix()}"
+            try:
+                shutil.move(os.path.join(self.staging, name), os.path.join(self.target_dir, target))
+            except OSError as exc:
+                problems.append(f"cannot move coverage data {name} to {self.target_dir}: {exc}")
+        return problems
+
+
+def _parallel_suffix() -> str:
+    try:
+        from coverage.sqldata import filename_suffix
+
+        suffix = filename_suffix(True)
+        if isinstance(suffix, str):
+            return suffix
+    except Exception:
+        pass
+    import random
+    import socket
+    import string
+
+    rand = "".join(random.choice(string.ascii_letters) for _ in range(6))
+    return f"{socket.gethostname().replace('.', '_')}.pid{os.getpid()}.X{rand}x"
+
+
+# --------------------------------------------------------------------------------------------------------
+# signals that interrupt the call phase (pytest-timeout's signal method, Ctrl-C)
+# --------------------------------------------------------------------------------------------------------
+
+
+class _InterruptGuard:
+    """While the supervisor loop runs, a timeout or Ctrl-C kills the child tree instead of the loop.
+
+    The supervisor runs in the pytest process's main thread, where Python runs signal handlers. A handler
+    that raises there (pytest-timeout's ``Timeout (>Ns)`` failure, ``KeyboardInterrupt``) would leave the
+    supervisor loop in the middle, with the confined tree still running and nobody supervising it. Instead
+    the handler is called from a wrapper: if it raises, the exception is kept, every confined process this
+    call started is killed (so the supervisor loop ends as for any crash and reaps the tree), and the
+    exception is raised once ``Sandbox.call`` has returned. A handler that returns normally changes nothing.
+
+    pytest-timeout's thread method ends the whole pytest process with ``os._exit(1)`` because a thread cannot
+    be interrupted. A sandboxed test's code runs in the child, which can: while the call phase runs, the
+    timer's function is replaced so that it kills the child tree and fails the test with pytest-timeout's
+    message; the session goes on. (A timeout in setup or teardown keeps pytest-timeout's own behaviour.)
+    """
+
+    SIGNALS = (signal.SIGALRM, signal.SIGINT)
+    RETRY = 0.05  # seconds: when the child is not confined yet at the alarm, try the kill again
+
+    def __init__(self, nodeid: str) -> None:
+        self.nodeid = nodeid
+        self.pending: Optional[BaseException] = None
+        self._saved: dict[int, Any] = {}
+        self._children_before: set[int] = set()
+        self._own_filters = -1
+        self._armed = False
+        self._active = False
+        self._timer: Optional[tuple[Any, Any]] = None
+
+    def __enter__(self) -> _InterruptGuard:
+        if threading.current_thread() is not threading.main_thread():
+            return self
+        from pytest_sandlock.engine import proctree
+
+        self._children_before = set(proctree._children_of(os.getpid()))
+        self._own_filters = proctree.seccomp_filter_count(os.getpid())
+        self._active = True
+        for signum in self.SIGNALS:
+            handler = signal.getsignal(signum)
+            if callable(handler):
+                self._saved[signum] = handler
+                signal.signal(signum, self._wrap(handler))
+        self._hook_timeout_thread()
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self._active = False
+        if self._armed:  # our retry alarm must not reach the restored handler (pytest-timeout's is spent)
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        for signum, handler in self._saved.items():
+            signal.signal(signum, handler)
+        self._saved.clear()
+        if self._timer is not None:
+            timer, original = self._timer
+            timer.function = original
+            self._timer = None
+        if isinstance(self.pending, pytest.fail.Exception):
+            self.pending.pytrace = False  # the pytest-process traceback would only show this guard
+
+    def _wrap(self, handler: Callable[..., Any]) -> Callable[[int, Any], None]:
+        def guarded(signum: int, frame: Any) -> None:
+            __tracebackhide__ = True
+            if self.pending is not None:  # already interrupted: finish killing
+                self._kill_or_retry()
+                return
+            try:
+                handler(signum, frame)
+            except BaseException as exc:  # noqa: BLE001 - kept and raised after the supervisor is done
+                self.pending = exc
+                self._kill_or_retry()
+
+        return guarded
+
+    def _hook_timeout_thread(self) -> None:
+        module = sys.modules.get("pytest_timeout")
+        original_fn = getattr(module, "timeout_timer", None)
+        if original_fn is None:
+            return
+        name = f"pytest_timeout {self.nodeid}"
+        for timer in threading.enumerate():
+            if isinstance(timer, threading.Timer) and timer.name == name and timer.function is original_fn:
+                break
+        else:
+            return
+        message = str(getattr(module, "PYTEST_FAILURE_MESSAGE", "Timeout (>%ss) from pytest-timeout."))
+        original = timer.function
+        args = tuple(timer.args)
+
+        def fire(*a: Any, **kw: Any) -> None:
+            if not self._active:
+                original(*a, **kw)
+                return
+            settings = args[1] if len(args) > 1 else None
+            self.pending = pytest.fail.Exception(message % getattr(settings, "timeout", "?"), pytrace=False)
+            while self._active and not self.kill_confined():
+                threading.Event().wait(self.RETRY)
+
+        timer.function = fire
+        self._timer = (timer, original)
+
+    def _kill_or_retry(self) -> None:
+        if not self.kill_confined() and signal.SIGALRM in self._saved:
+            signal.setitimer(signal.ITIMER_REAL, self.RETRY)  # the alarm comes back to ``guarded``
+            self._armed = True
+
+    def kill_confined(self) -> bool:
+        """SIGKILL the confined processes started since ``__enter__``; True if any was found."""
+        from pytest_sandlock.engine import proctree
+
+        found = False
+        new = [p for p in proctree._children_of(os.getpid()) if p not in self._children_before]
+        confined = [p for p in new if proctree.seccomp_filter_count(p) > self._own_filters]
+        for pid in proctree.descendants(confined):
+            try:
+                os.kill(pid, signal.SIGKILL)
+                found = True
+            except ProcessLookupError:
+                pass
+        return found
+
+
+# --------------------------------------------------------------------------------------------------------
 # the child side
 # --------------------------------------------------------------------------------------------------------
 
@@ -188,22 +461,38 @@ def _try_pickle(obj: object) -> Optional[bytes]:
         return None
 
 
-def _child_main(item: pytest.Item, runtest: Callable[[], None]) -> dict[str, Any]:
+def _child_main(
+    item: pytest.Item, runtest: Callable[[], None], coverage: Optional[CoverageBridge] = None
+) -> dict[str, Any]:
     """Runs in the confined child: the test's call phase, packed into picklable data."""
     sys.dont_write_bytecode = True  # a denied .pyc write is noise, not a finding
     config = item.config
+    coverage_problems: list[str] = []
+    if coverage is not None:
+        problem = coverage.redirect_in_child()
+        if problem:
+            coverage_problems.append(problem)
     captures = _memory_captures(config)
     for buf in captures.values():  # the pytest process keeps what was there before the fork
         buf.seek(0)
         buf.truncate()
-    with warnings.catch_warnings(record=True) as recorded:
-        call = pytest.CallInfo.from_call(runtest, when="call", reraise=None)
+    # Warnings go where they would go in the pytest process: to the innermost recorder (pytest's own, per
+    # test, or ``recwarn``'s, which the test may read). What was added to it travels back.
+    sink = getattr(getattr(warnings, "_showwarnmsg_impl", None), "__self__", None)
+    recorder: list[Any] = sink if isinstance(sink, list) else []
+    already = len(recorder)
+    call = pytest.CallInfo.from_call(runtest, when="call", reraise=None)
+    recorded = [w for w in recorder[already:] if isinstance(w, warnings.WarningMessage)]
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()
         except Exception:
             pass
-    out: dict[str, Any] = {"exception": None}
+    if coverage is not None:
+        problem = coverage.save_in_child()
+        if problem:
+            coverage_problems.append(f"coverage data of the sandboxed child not saved: {problem}")
+    out: dict[str, Any] = {"exception": None, "internal": coverage_problems}
     if call.excinfo is not None:
         exc = call.excinfo.value
         report = pytest.TestReport.from_item_and_call(item, call)
@@ -383,6 +672,8 @@ def run_call(item: pytest.Item, runtest: Callable[[], None], spec: SandboxSpec, 
     policy_fn = compose_policy_fn(item, spec.policy_fn)
     out: Optional[dict[str, Any]] = None
     problem: Optional[str] = None
+    coverage = CoverageBridge.for_call(runner)
+    guard = _InterruptGuard(item.nodeid)
     try:
         sandbox = Sandbox(
             policy,
@@ -391,13 +682,13 @@ def run_call(item: pytest.Item, runtest: Callable[[], None], spec: SandboxSpec, 
             close_fds=runner.close_fds(),
             extra_fs_write=runner.extra_writable(),
         )
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), guard:
             # Forking a threaded pytest (xdist workers) is what this plugin does on purpose.
             warnings.filterwarnings("ignore", message=_FORK_WARNING, category=DeprecationWarning)
-            result = sandbox.call(_child_main, item, runtest)
+            result = sandbox.call(_child_main, item, runtest, coverage)
         out = result.value
         record.events = list(result.events)
-        for text in getattr(result, "internal_errors", ()):
+        for text in [*getattr(result, "internal_errors", ()), *out.get("internal", ())]:
             warnings.warn(pytest.PytestWarning(f"sandlock: {text}"), stacklevel=1)
     except SandboxCrash as crash:
         record.events = list(crash.events)
@@ -409,11 +700,17 @@ def run_call(item: pytest.Item, runtest: Callable[[], None], spec: SandboxSpec, 
         problem = f"sandlock: this kernel cannot sandbox {item.nodeid}: {exc}"
     except SandboxError as exc:
         problem = f"sandlock: could not sandbox {item.nodeid}: {type(exc).__name__}: {exc}"
+    finally:
+        if coverage is not None:
+            for text in coverage.collect():
+                warnings.warn(pytest.PytestWarning(f"sandlock: {text}"), stacklevel=1)
     if handle is not None:
         handle._set_final_events(record.events)
 
     if settings.strict and not settings.audit and not (out or {}).get("denials_read"):
         record.strict_denials = strict.unexpected_denials(record.events)
+    if guard.pending is not None:  # pytest-timeout's failure or Ctrl-C, now that the tree is gone
+        raise guard.pending
     if out is None:
         _fail((problem or "sandlock: no outcome") + strict.format_denials(record.events))
         return

@@ -199,8 +199,8 @@ class Sandbox:
         supervisor: Optional[Supervisor] = None
 
         def on_change(field_name: str) -> None:
-            if field_name == "max_memory" and supervisor is not None:
-                supervisor.apply_memory_limit()
+            if supervisor is not None:
+                supervisor.policy_changed(field_name)
 
         ctx = PolicyContext(self.policy, on_change=on_change)
         try:

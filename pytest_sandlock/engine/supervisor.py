@@ -178,6 +178,8 @@ class Supervisor:
         self._pidfds: dict[int, int] = {}
         self._procinfo: dict[int, tuple[int, int]] = {}
         self._abstract_bound: set[bytes] = set()
+        # Static+live network decisions, cleared whenever the live policy changes.
+        self._net_cache: dict[tuple[int, str, Any, int], tuple[bool, str]] = {}
         self._handlers = self._build_handlers()
         if channel is not None:
             channel.bind(self)
@@ -426,8 +428,11 @@ class Supervisor:
         protocol = netops.protocol_of(sock, addr.family)
         if addr.is_ip:
             assert addr.host is not None and addr.port is not None
-            ok, reason = self.ctx.network_allowed(pid, protocol, addr.host, addr.port)
-            return ok, reason, protocol
+            key = (pid, protocol, addr.host, addr.port)
+            cached = self._net_cache.get(key)
+            if cached is None:
+                cached = self._net_cache[key] = self.ctx.network_allowed(pid, protocol, addr.host, addr.port)
+            return cached[0], cached[1], protocol
         if addr.family == socket.AF_UNIX:
             if addr.abstract is not None:
                 if addr.abstract in self._abstract_bound:
@@ -768,6 +773,12 @@ class Supervisor:
         return any(is_path_within(path, root) for root in self.writable)
 
     # ------------------------------------------------------------------ live policy
+    def policy_changed(self, field_name: str) -> None:
+        """Called by the PolicyContext after any change (grant, restrict, override, deny_path)."""
+        self._net_cache.clear()
+        if field_name == "max_memory":
+            self.apply_memory_limit()
+
     def apply_memory_limit(self) -> None:
         """Re-apply RLIMIT_AS to every process of the tree after a grant or restrict."""
         live = self.ctx.current().max_memory
