@@ -103,12 +103,16 @@ def read_argv(pid: int, address: int) -> tuple[str, ...]:
     """argv as the caller passed it (informational: the kernel re-reads it after 'continue')."""
     args: list[str] = []
     while address and len(args) < MAX_ARGV:
-        (ptr,) = _PTR.unpack(read_memory(pid, address, 8))
-        if ptr == 0:
+        # Read the pointer array up to the end of its page in one go.
+        chunk = read_memory(pid, address, max(8, 4096 - (address % 4096)) // 8 * 8)
+        if not chunk:
             break
-        raw = read_cstring(pid, ptr, 65536) or b""
-        args.append(raw.decode("utf-8", "surrogateescape"))
-        address += 8
+        for (ptr,) in _PTR.iter_unpack(chunk):
+            if ptr == 0 or len(args) >= MAX_ARGV:
+                return tuple(args)
+            raw = read_cstring(pid, ptr, 65536) or b""
+            args.append(raw.decode("utf-8", "surrogateescape"))
+        address += len(chunk)
     return tuple(args)
 
 

@@ -154,7 +154,9 @@ class Sandbox:
                 (*self.policy.fs_write, *(os.path.realpath(p) for p in extra_fs_write), *always_writable())
             )
         )
-        self.compiled = seccomp_filter.compiled_filter()
+        self.compiled = seccomp_filter.compiled_filter(
+            notify_process_creation=self.policy.max_processes is not None
+        )
         self.capabilities = capabilities.probe()
         self.notes: list[str] = list(self.capabilities.warnings)
         self.ruleset: Optional[landlock.Ruleset] = None

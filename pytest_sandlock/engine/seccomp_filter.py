@@ -34,7 +34,6 @@ import os
 import struct
 import tempfile
 from dataclasses import dataclass
-from typing import Optional
 
 import pyseccomp as sc
 
@@ -59,7 +58,10 @@ PATH_MUTATING = (
     "fchmodat2", "chown", "lchown", "fchownat", "utimes", "utimensat", "futimesat",
 )  # fmt: skip
 
-NOTIFIED_ALWAYS = ("connect", "bind", "sendmsg", "sendmmsg", "execve", "execveat", "fork", "vfork")
+NOTIFIED_ALWAYS = ("connect", "bind", "sendmsg", "sendmmsg", "execve", "execveat")
+# Process creation is notified only when a process limit is set: a round trip per fork costs about
+# 0.1 ms per subprocess launch, a quarter of a /bin/true, for events nobody asked for.
+PROCESS_CREATION = ("fork", "vfork")
 
 ESCAPES = (
     "io_uring_setup", "io_uring_enter", "io_uring_register", "ptrace", "process_vm_writev",
@@ -73,7 +75,7 @@ ESCAPES = (
 ENOSYS_CALLS = ("clone3", "openat2")
 
 
-def _build() -> sc.SyscallFilter:
+def _build(notify_process_creation: bool) -> sc.SyscallFilter:
     flt = sc.SyscallFilter(sc.ALLOW)
     flt.set_attr(sc.Attr.ACT_BADARCH, sc.KILL_PROCESS)
     # Binary-tree dispatch: the kernel emulates the filter for every syscall number when it is
@@ -82,7 +84,10 @@ def _build() -> sc.SyscallFilter:
     for name in NOTIFIED_ALWAYS + PATH_MUTATING:
         flt.add_rule(sc.NOTIFY, name)
     flt.add_rule(sc.NOTIFY, "sendto", sc.Arg(4, sc.NE, 0))
-    flt.add_rule(sc.NOTIFY, "clone", sc.Arg(0, sc.MASKED_EQ, CLONE_THREAD, 0))
+    if notify_process_creation:
+        for name in PROCESS_CREATION:
+            flt.add_rule(sc.NOTIFY, name)
+        flt.add_rule(sc.NOTIFY, "clone", sc.Arg(0, sc.MASKED_EQ, CLONE_THREAD, 0))
     for name, flags_arg in (("open", 1), ("openat", 2)):
         flt.add_rule(sc.NOTIFY, name, sc.Arg(flags_arg, sc.MASKED_EQ, os.O_ACCMODE, os.O_WRONLY))
         flt.add_rule(sc.NOTIFY, name, sc.Arg(flags_arg, sc.MASKED_EQ, os.O_ACCMODE, os.O_RDWR))
@@ -141,21 +146,22 @@ class CompiledFilter:
         return ctypes.addressof(self.fprog)
 
 
-_compiled: Optional[CompiledFilter] = None
+_compiled: dict[bool, CompiledFilter] = {}
 
 
-def compiled_filter() -> CompiledFilter:
-    """The program, compiled on first use and cached for the life of the process."""
-    global _compiled
-    if _compiled is None:
+def compiled_filter(notify_process_creation: bool = True) -> CompiledFilter:
+    """The program, compiled on first use and cached for the life of the process (two variants:
+    with and without process-creation notifications)."""
+    compiled = _compiled.get(notify_process_creation)
+    if compiled is None:
         with tempfile.TemporaryFile() as out:
-            _build().export_bpf(out)
+            _build(notify_process_creation).export_bpf(out)
             out.seek(0)
             program = _arch_prefix() + out.read()
         buffer = ctypes.create_string_buffer(program, len(program))
         fprog = _SockFprog(len(program) // 8, ctypes.addressof(buffer))
-        _compiled = CompiledFilter(program, buffer, fprog)
-    return _compiled
+        compiled = _compiled[notify_process_creation] = CompiledFilter(program, buffer, fprog)
+    return compiled
 
 
 def install(compiled: CompiledFilter, wait_killable: bool = True) -> int:

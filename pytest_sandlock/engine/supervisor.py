@@ -688,8 +688,10 @@ class Supervisor:
         event = self._base_event(
             notif, "execveat" if is_at else "execve", SyscallCategory.PROCESS, argv=argv, path=path or None
         )
-        resolved = self._resolve(self._proc(notif.pid)[0], AT_FDCWD, path) if path else ""
-        denied_path = bool(resolved) and self.ctx.path_denied(os.path.realpath(resolved))
+        denied_path = False
+        if path and self.ctx.denied_paths():  # static fs_deny is Landlock's job; live ones are ours
+            resolved = self._resolve(notif.pid, AT_FDCWD, path)
+            denied_path = self.ctx.path_denied(os.path.realpath(resolved))
         allowed, err, event = self._decide(event, not denied_path, "path denied by the live policy")
         self.events.append(event)
         if allowed:

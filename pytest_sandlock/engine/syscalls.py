@@ -132,6 +132,7 @@ def forget_memory_fds() -> None:
         except OSError:
             pass
     _mem_fds.clear()
+    _seen_once.clear()
 
 
 def _mem_fd(pid: int) -> int:
@@ -144,8 +145,17 @@ def _mem_fd(pid: int) -> int:
     return fd
 
 
+_seen_once: set[int] = set()
+
+
 def read_memory(pid: int, address: int, length: int) -> bytes:
     """Copy ``length`` bytes at ``address`` in process ``pid``; a short read returns what was read."""
+    if pid not in _mem_fds and pid not in _seen_once:
+        # A pid read once (a fresh subprocess about to exec) is not worth an open().
+        if len(_seen_once) > 4096:
+            _seen_once.clear()
+        _seen_once.add(pid)
+        return _read_memory_vm(pid, address, length)
     for _attempt in range(2):
         try:
             data = os.pread(_mem_fd(pid), length, address)

@@ -39,9 +39,19 @@ def test_exec_argv_events_from_call() -> None:
     assert not event.argv_contains("absent")
     assert event.path == "/bin/echo"
     assert event.parent_pid == root and event.pid != root and event.denied is False
-    # the fork family is recorded too, from the root
+    # without a process limit, process creation is not supervised (a round trip per launch saved)
+    assert not any(e.syscall in ("fork", "vfork", "clone") for e in result.events)
+
+
+def test_fork_family_events_recorded_under_a_process_limit() -> None:
+    def body() -> int:
+        subprocess.run(["/bin/true"], check=True)
+        return os.getpid()
+
+    result = Sandbox(Policy(net=NET, max_processes=50)).call(body)
+    root = result.value
     assert any(
-        e.category is SyscallCategory.PROCESS and e.syscall != "execve" and e.pid == root
+        e.category is SyscallCategory.PROCESS and e.syscall in ("fork", "vfork", "clone") and e.pid == root
         for e in result.events
     )
 
