@@ -602,6 +602,9 @@ class PolicyContext:
         self._restricted: set[str] = set()
         self._pid_overrides: dict[int, frozenset[IPNetwork]] = {}
         self._denied_paths: set[str] = set()
+        # Process creation is supervised only when the static policy sets max_processes (see
+        # seccomp_filter.PROCESS_CREATION); a live limit without it could not be enforced.
+        self.process_limit_supervised = True
 
     @property
     def policy(self) -> Policy:
@@ -639,6 +642,7 @@ class PolicyContext:
 
     def grant_max_processes(self, n: Optional[int]) -> None:
         """Raise the process limit, capped at the ceiling. None = as much as the ceiling allows."""
+        self._check_process_limit_supervised()
         self._check_not_restricted(_MAX_PROCESSES)
         count = _check_count(n, "max_processes", 0)
         self._update(_MAX_PROCESSES, max_processes=_cap(count, self._ceiling.max_processes))
@@ -659,6 +663,7 @@ class PolicyContext:
 
     def restrict_max_processes(self, n: int) -> None:
         """Permanently set the process limit (never above the ceiling)."""
+        self._check_process_limit_supervised()
         count = _check_count(n, "max_processes", 0)
         self._restricted.add(_MAX_PROCESSES)
         self._update(_MAX_PROCESSES, max_processes=_cap(count, self._ceiling.max_processes))
@@ -730,6 +735,13 @@ class PolicyContext:
     def _within_net_ceiling(self, network: IPNetwork) -> bool:
         rules = self._policy.net
         return rules is None or any(rule.covers_network(network) for rule in rules)
+
+    def _check_process_limit_supervised(self) -> None:
+        if not self.process_limit_supervised:
+            raise PolicyFnError(
+                "max_processes can only be changed live when the sandbox has a static max_processes "
+                "(process creation is not supervised otherwise)"
+            )
 
     def _check_not_restricted(self, field: str) -> None:
         if field in self._restricted:

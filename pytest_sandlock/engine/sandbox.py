@@ -205,6 +205,7 @@ class Sandbox:
                 supervisor.policy_changed(field_name)
 
         ctx = PolicyContext(self.policy, on_change=on_change)
+        ctx.process_limit_supervised = self.policy.max_processes is not None
         try:
             supervisor = Supervisor(
                 listener=launched.listener,

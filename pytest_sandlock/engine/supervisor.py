@@ -785,6 +785,9 @@ class Supervisor:
         """Re-apply RLIMIT_AS to every process of the tree after a grant or restrict."""
         live = self.ctx.current().max_memory
         ceiling = self.ctx.policy.max_memory
+        if ceiling is None and not self.memory_base and self.tree.root:
+            # No static limit, so the child did not measure its address space: take it now.
+            self.memory_base = _vm_size(self.tree.root)
         for pid in self.tree.members():
             try:
                 soft = resource.RLIM_INFINITY if live is None else self.memory_base + live
@@ -832,6 +835,17 @@ def _with(event: SyscallEvent, **changes: Any) -> SyscallEvent:
     from dataclasses import replace
 
     return replace(event, **changes)
+
+
+def _vm_size(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"VmSize:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
 
 
 def _readlink(path: str) -> Optional[str]:
