@@ -52,6 +52,7 @@ CLONE_NAMESPACE_FLAGS = 0x7E020000
 MAX_DATA = 16 * 1024 * 1024
 POLICY_FN_TIMEOUT = 2.0
 RETRY_DELAY = 0.005
+SIGNAL_CHECK_MS = 20
 RESULT_HEADER = struct.Struct("=Q")  # Sandbox.call's result: length, then the payload
 
 
@@ -125,6 +126,7 @@ class _Pending:
     event: SyscallEvent
     retry: Optional[Callable[[], int]] = None  # a send to retry; None for a connect
     polled: bool = False  # registered with the poll object
+    tid: int = 0  # the waiting thread: a signal pending for it answers EINTR
     retry_at: Optional[float] = None  # retried on a timer rather than on POLLOUT
 
 
@@ -227,10 +229,16 @@ class Supervisor:
             if timed:
                 wait_ms = max(0, int((min(timed) - time.monotonic()) * 1000))
                 timeout_ms = wait_ms if timeout_ms is None else min(timeout_ms, wait_ms)
+            if self._pending:
+                # A thread waiting on a deferred call cannot take signals (WAIT_KILLABLE_RECV):
+                # look for pending ones regularly and answer EINTR, as the kernel would.
+                timeout_ms = SIGNAL_CHECK_MS if timeout_ms is None else min(timeout_ms, SIGNAL_CHECK_MS)
             try:
                 ready = poller.poll(timeout_ms)
             except InterruptedError:
                 continue
+            if self._pending:
+                self._interrupt_signalled()
             if timed:
                 now = time.monotonic()
                 for sock in [
@@ -477,7 +485,7 @@ class Supervisor:
             target = self._unix_target(pid, addr)
             result, state = netops.connect(sock, addr, target)
             if state == netops.CONNECT_IN_PROGRESS:
-                self._pending[sock] = _Pending(notif.id, sock, event)
+                self._pending[sock] = _Pending(notif.id, sock, event, tid=notif.pid)
                 sock = -1
                 return
             if state == netops.CONNECT_RETRY:
@@ -488,7 +496,7 @@ class Supervisor:
                     return -errno.EAGAIN if again_state == netops.CONNECT_RETRY else again
 
                 self._pending[sock] = _Pending(
-                    notif.id, sock, event, retry, retry_at=time.monotonic() + RETRY_DELAY
+                    notif.id, sock, event, retry, retry_at=time.monotonic() + RETRY_DELAY, tid=notif.pid
                 )
                 sock = -1
                 return
@@ -524,7 +532,7 @@ class Supervisor:
                 if result == -errno.EAGAIN:
                     retry_at = None if pending.retry_at is None else time.monotonic() + RETRY_DELAY
                     self._pending[sock] = _Pending(
-                        pending.nid, sock, pending.event, pending.retry, retry_at=retry_at
+                        pending.nid, sock, pending.event, pending.retry, retry_at=retry_at, tid=pending.tid
                     )
                     return
             else:
@@ -534,6 +542,20 @@ class Supervisor:
         finally:
             if sock not in self._pending:
                 os.close(sock)
+
+    def _interrupt_signalled(self) -> None:
+        """Answer EINTR to deferred calls whose thread has a deliverable signal pending.
+
+        Safe for a connect: the duplicate shares the child's socket, so the connection attempt
+        goes on in the kernel and the caller sees its outcome as after any interrupted connect
+        (CPython then polls the socket). A deferred send sent nothing yet, so EINTR is exact.
+        """
+        for sock, pending in list(self._pending.items()):
+            if pending.tid and _signal_pending(pending.tid):
+                del self._pending[sock]
+                os.close(sock)
+                self.events.append(pending.event)
+                self.listener.fail(pending.nid, errno.EINTR)
 
     def _on_bind(self, notif: Notification) -> None:
         fd_arg, addr_ptr, addr_len = notif.args[0], notif.args[1], notif.args[2]
@@ -596,12 +618,14 @@ class Supervisor:
         def attempt() -> int:
             return netops.sendto(sock, data, _s32(flags), addr, target)
 
-        self._send_or_defer(notif.id, sock, event, attempt)
+        self._send_or_defer(notif.id, sock, event, attempt, notif.pid)
 
-    def _send_or_defer(self, nid: int, sock: int, event: SyscallEvent, attempt: Callable[[], int]) -> None:
+    def _send_or_defer(
+        self, nid: int, sock: int, event: SyscallEvent, attempt: Callable[[], int], tid: int = 0
+    ) -> None:
         result = attempt()
         if result == -errno.EAGAIN and netops.is_blocking(sock):
-            self._pending[sock] = _Pending(nid, sock, event, attempt)
+            self._pending[sock] = _Pending(nid, sock, event, attempt, tid=tid)
             return
         os.close(sock)
         self.events.append(event)
@@ -627,7 +651,7 @@ class Supervisor:
         def attempt() -> int:
             return netops.sendmsg(sock, msg, _s32(flags), pidfd, target)
 
-        self._send_or_defer(notif.id, sock, event, attempt)
+        self._send_or_defer(notif.id, sock, event, attempt, notif.pid)
 
     def _msg_decision(
         self, notif: Notification, pid: int, sock: int, msg: childmem.MsgHdr, syscall: str
@@ -835,6 +859,21 @@ def _with(event: SyscallEvent, **changes: Any) -> SyscallEvent:
     from dataclasses import replace
 
     return replace(event, **changes)
+
+
+def _signal_pending(tid: int) -> bool:
+    """True if ``tid`` has a pending signal it neither blocks nor ignores."""
+    fields: dict[bytes, int] = {}
+    try:
+        with open(f"/proc/{tid}/status", "rb") as fh:
+            for line in fh:
+                key = line[:6]
+                if key in (b"SigPnd", b"ShdPnd", b"SigBlk", b"SigIgn"):
+                    fields[key] = int(line.split()[1], 16)
+    except (OSError, ValueError, IndexError):
+        return False
+    pending = fields.get(b"SigPnd", 0) | fields.get(b"ShdPnd", 0)
+    return bool(pending & ~fields.get(b"SigBlk", 0) & ~fields.get(b"SigIgn", 0))
 
 
 def _vm_size(pid: int) -> int:

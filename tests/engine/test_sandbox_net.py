@@ -643,12 +643,6 @@ def test_black_holed_connect_does_not_defeat_the_timeout(black_hole: int) -> Non
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="known limit: with WAIT_KILLABLE_RECV a pending supervised connect defers non-fatal signals, "
-    "so a SIGALRM-based timeout in the test (signal.alarm, pytest-timeout's signal method) cannot "
-    "interrupt a black-holed connect; only the sandbox timeout ends it",
-)
 def test_signal_interrupts_black_holed_connect(black_hole: int) -> None:
     import signal
 
