@@ -27,7 +27,7 @@ import tempfile
 import textwrap
 import time
 
-CONFTEST = '''
+CONFTEST = """
 import json, os, socket, statistics, threading, time
 import pytest
 
@@ -83,7 +83,7 @@ def listener():
     threading.Thread(target=run, daemon=True).start()
     yield srv.getsockname()[1]
     srv.close()
-'''
+"""
 
 TRIVIAL = """
 import pytest
@@ -93,7 +93,7 @@ def test_trivial(i):
     assert i >= 0
 """
 
-WORK = '''
+WORK = """
 import os, socket, subprocess, time
 import pytest
 from conftest import _record
@@ -118,7 +118,7 @@ def test_writes(tmp_path):
         with open(tmp_path / f"f{i % 50}", "w") as fh:
             fh.write("x")
     _record("writes", (time.perf_counter() - t) / 1000)
-'''
+"""
 
 
 def _write_suite(root: str, n: int) -> None:
@@ -168,7 +168,9 @@ def main() -> None:
 
     plain_t, strict_t, forks = [], [], []
     plain_x, strict_x = [], []
-    work: dict[str, dict[str, list[float]]] = {k: {"plain": [], "box": []} for k in ("connect", "true", "writes")}
+    work: dict[str, dict[str, list[float]]] = {
+        k: {"plain": [], "box": []} for k in ("connect", "true", "writes")
+    }
     for _ in range(args.rounds):
         plain_t.append(_pytest(root, out, "test_trivial.py", env_extra={"BENCH_FORK": "1"}))
         forks.extend(_read(out, "fork"))
@@ -184,24 +186,56 @@ def main() -> None:
 
     fork = statistics.median(forks)
     extra = (statistics.median(strict_t) - statistics.median(plain_t)) / n
-    rows.append((f"{n} trivial tests, whole run", f"{statistics.median(plain_t):.2f} s",
-                 f"{statistics.median(strict_t):.2f} s", f"{statistics.median(strict_t) / statistics.median(plain_t):.2f}x"))
-    rows.append(("extra cost per sandboxed test vs bare fork", f"{fork * 1e3:.2f} ms (fork)",
-                 f"{extra * 1e3:.2f} ms", f"{extra / fork:.2f}x"))
-    for key, label, scale, unit in (("connect", "connect to loopback (300x)", 1e6, "us"),
-                                    ("true", 'subprocess.run(["/bin/true"]) (50x)', 1e6, "us"),
-                                    ("writes", "open+write+close in tmp_path (1000x)", 1e6, "us")):
+    rows.append(
+        (
+            f"{n} trivial tests, whole run",
+            f"{statistics.median(plain_t):.2f} s",
+            f"{statistics.median(strict_t):.2f} s",
+            f"{statistics.median(strict_t) / statistics.median(plain_t):.2f}x",
+        )
+    )
+    rows.append(
+        (
+            "extra cost per sandboxed test vs bare fork",
+            f"{fork * 1e3:.2f} ms (fork)",
+            f"{extra * 1e3:.2f} ms",
+            f"{extra / fork:.2f}x",
+        )
+    )
+    for key, label, scale, unit in (
+        ("connect", "connect to loopback (300x)", 1e6, "us"),
+        ("true", 'subprocess.run(["/bin/true"]) (50x)', 1e6, "us"),
+        ("writes", "open+write+close in tmp_path (1000x)", 1e6, "us"),
+    ):
         p, b = statistics.median(work[key]["plain"]), statistics.median(work[key]["box"])
         rows.append((label, f"{p * scale:.1f} {unit}", f"{b * scale:.1f} {unit}", f"{b / p:.2f}x"))
-    rows.append((f"{n} trivial tests with -n 2", f"{statistics.median(plain_x):.2f} s",
-                 f"{statistics.median(strict_x):.2f} s", f"{statistics.median(strict_x) / statistics.median(plain_x):.2f}x"))
+    rows.append(
+        (
+            f"{n} trivial tests with -n 2",
+            f"{statistics.median(plain_x):.2f} s",
+            f"{statistics.median(strict_x):.2f} s",
+            f"{statistics.median(strict_x) / statistics.median(plain_x):.2f}x",
+        )
+    )
 
     _pytest(root, out, "test_many.py", strict)
     mem = _read(out, "memory")[-1]
-    rows.append(("1,000 sandboxed tests: pytest RSS before/after", f"{mem['rss_kb'][0] / 1024:.1f} MiB",
-                 f"{mem['rss_kb'][1] / 1024:.1f} MiB", f"+{(mem['rss_kb'][1] - mem['rss_kb'][0]) / 1024:.1f} MiB"))
-    rows.append(("1,000 sandboxed tests: open fds before/after", str(mem["fds"][0]), str(mem["fds"][1]),
-                 f"+{mem['fds'][1] - mem['fds'][0]}"))
+    rows.append(
+        (
+            "1,000 sandboxed tests: pytest RSS before/after",
+            f"{mem['rss_kb'][0] / 1024:.1f} MiB",
+            f"{mem['rss_kb'][1] / 1024:.1f} MiB",
+            f"+{(mem['rss_kb'][1] - mem['rss_kb'][0]) / 1024:.1f} MiB",
+        )
+    )
+    rows.append(
+        (
+            "1,000 sandboxed tests: open fds before/after",
+            str(mem["fds"][0]),
+            str(mem["fds"][1]),
+            f"+{mem['fds'][1] - mem['fds'][0]}",
+        )
+    )
 
     print(f"{'measurement':50} {'plain':>16} {'sandboxed':>12} {'ratio':>9}")
     for name, p, b, r in rows:
