@@ -127,6 +127,8 @@ class SandlockSession:
         report = yield
         if forkrun.SPEC_KEY not in item.stash:
             return report
+        if call.when == "teardown" and forkrun.RECORD_KEY in item.stash:
+            del item.stash[forkrun.RECORD_KEY]  # the events live on in the call report only
         info: dict[str, Any] = {"sandboxed": not item.stash.get(forkrun.UNCONFINED_KEY, False)}
         record = item.stash.get(forkrun.RECORD_KEY, None)
         if call.when == "call" and record is not None:

@@ -94,7 +94,8 @@ class Collector:
         entry["phases"][report.when] = report.outcome
         if info:
             entry["sandboxed"] = bool(info.get("sandboxed"))
-            entry["events"].extend(info.get("events", ()))
+            if self.report_path is not None:  # events are kept only for the JSON report
+                entry["events"].extend(info.get("events", ()))
             entry["denials"].extend(info.get("denials", ()))
             if info.get("audit") is not None:
                 entry["audit"] = info["audit"]

@@ -58,7 +58,7 @@ class ChannelServer:
         self._inbuf = bytearray()
         self._supervisor: Optional[Supervisor] = None
 
-    def bind(self, supervisor: Supervisor) -> None:
+    def bind(self, supervisor: Optional[Supervisor]) -> None:
         self._supervisor = supervisor
 
     def serve(self) -> bool:

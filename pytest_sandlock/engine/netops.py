@@ -61,9 +61,26 @@ def _unix_sockaddr(path: str) -> bytes:
     return struct.pack("=H", socket.AF_UNIX) + os.fsencode(path) + b"\0"
 
 
+def _open_checked(path: str, flags: int) -> int:
+    """``open(path, O_PATH | flags)``, refused with EACCES unless the inode opened is at ``path``.
+
+    ``path`` is the resolved path the supervisor checked; if a racing process swapped one of its
+    directories for a symlink in between, the descriptor's own path differs and nothing is done.
+    """
+    fd = os.open(path, os.O_PATH | os.O_CLOEXEC | flags)
+    try:
+        actual: Optional[str] = os.readlink(f"/proc/self/fd/{fd}")
+    except OSError:
+        actual = None
+    if actual != path:
+        os.close(fd)
+        raise PermissionError(errno.EACCES, f"{path} moved while being checked")
+    return fd
+
+
 def _via_opath(path: str) -> tuple[int, bytes]:
     """An O_PATH descriptor on ``path`` and a short address reaching exactly that inode."""
-    fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    fd = _open_checked(path, 0)
     return fd, _unix_sockaddr(f"/proc/self/fd/{fd}")
 
 
@@ -110,10 +127,13 @@ def bind(sock: int, addr: SockAddr) -> int:
 
 
 def bind_unix_path(sock: int, path: str) -> int:
-    """Bind inside the directory the supervisor checked, whatever the child's cwd or path length."""
+    """Bind inside the directory the supervisor checked, whatever the child's cwd or path length.
+
+    ``path``'s directory must be the resolved one the supervisor checked (no symlinks).
+    """
     parent, name = os.path.split(path)
     try:
-        dfd = os.open(parent or "/", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        dfd = _open_checked(parent or "/", os.O_DIRECTORY)
     except OSError as exc:
         return -(exc.errno or errno.ENOENT)
     try:

@@ -606,6 +606,10 @@ class PolicyContext:
         # seccomp_filter.PROCESS_CREATION); a live limit without it could not be enforced.
         self.process_limit_supervised = True
 
+    def set_on_change(self, on_change: Optional[Callable[[str], None]]) -> None:
+        """Replace the change callback (None detaches it, e.g. when the sandbox run is over)."""
+        self._on_change = on_change
+
     @property
     def policy(self) -> Policy:
         """The static policy this context is bounded by."""

@@ -228,6 +228,8 @@ class Sandbox:
             if supervisor is None:
                 launched.tree.kill_all()
             close_launched(launched)
+            launched.channel.bind(None)  # break supervisor <-> channel and ctx <-> closure cycles
+            ctx.set_on_change(None)
         return supervisor, outcome
 
     def run(

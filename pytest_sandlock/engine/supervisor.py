@@ -180,30 +180,13 @@ class Supervisor:
         self._pidfds: dict[int, int] = {}
         self._procinfo: dict[int, tuple[int, int]] = {}
         self._abstract_bound: set[bytes] = set()
+        self._unix_checked: dict[tuple[int, str], str] = {}
         # Static+live network decisions, cleared whenever the live policy changes.
         self._net_cache: dict[tuple[int, str, Any, int], tuple[bool, str]] = {}
-        self._handlers = self._build_handlers()
         if channel is not None:
             channel.bind(self)
 
     # ------------------------------------------------------------------ dispatch table
-    def _build_handlers(self) -> dict[int, Callable[[Notification], None]]:
-        table: dict[int, Callable[[Notification], None]] = {
-            _NR["connect"]: self._on_connect,
-            _NR["bind"]: self._on_bind,
-            _NR["sendto"]: self._on_sendto,
-            _NR["sendmsg"]: self._on_sendmsg,
-            _NR["sendmmsg"]: self._on_sendmmsg,
-            _NR["execve"]: self._on_exec,
-            _NR["execveat"]: self._on_exec,
-            _NR["seccomp"]: self._on_seccomp,
-        }
-        for name in _PROCESS_CALLS:
-            table[_NR[name]] = self._on_process
-        for name in _PATH_CALLS:
-            table[_NR[name]] = self._on_path
-        return table
-
     # ------------------------------------------------------------------ main loop
     def run(self) -> Outcome:
         poller = select.poll()
@@ -328,14 +311,14 @@ class Supervisor:
         notif = self.listener.receive()
         if notif is None:
             return
-        handler = self._handlers.get(notif.nr)
+        handler = _HANDLERS.get(notif.nr)
         try:
             if handler is None:
                 # Not a syscall this filter notifies: a filter/engine mismatch. Deny, say so.
                 self._record_internal(notif, f"unexpected syscall {notif.nr}")
                 self.listener.fail(notif.id, errno.ENOSYS)
                 return
-            handler(notif)
+            handler(self, notif)
         except ProcessLookupError:
             self.listener.fail(notif.id, errno.ESRCH)
         except Exception as exc:  # fail closed: an internal error is a denial, never an allow
@@ -458,6 +441,7 @@ class Supervisor:
             return False, "empty unix socket path"
         resolved = self._resolve(pid, AT_FDCWD, path)
         real = os.path.realpath(resolved)
+        self._unix_checked = {(pid, path): real}  # what _unix_target hands to netops: no 2nd realpath
         if self._is_writable(real):
             return True, ""
         if not os.path.lexists(real):
@@ -508,7 +492,14 @@ class Supervisor:
 
     def _unix_target(self, pid: int, addr: childmem.SockAddr) -> Optional[str]:
         if addr.family == socket.AF_UNIX and addr.unix_path:
-            return os.path.realpath(self._resolve(pid, AT_FDCWD, addr.unix_path))
+            # Exactly the path _unix_path_ok decided on: resolving again could follow a directory
+            # swapped for a symlink in between (netops then checks the opened inode is there).
+            real = self._unix_checked.pop((pid, addr.unix_path), None)
+            if real is None:
+                real = os.path.realpath(self._resolve(pid, AT_FDCWD, addr.unix_path))
+                if not self._is_writable(real):
+                    raise PermissionError(errno.EACCES, f"unix socket {real} was not checked")
+            return real
         return None
 
     def _net_event(
@@ -572,8 +563,10 @@ class Supervisor:
             if addr.is_ip:
                 ok, reason = netops.bind_allowed(self.ctx, pid, protocol, addr)
             elif addr.family == socket.AF_UNIX and addr.unix_path:
-                parent = os.path.dirname(self._resolve(pid, AT_FDCWD, addr.unix_path)) or "/"
-                ok = self._is_writable(os.path.realpath(parent))
+                parent, name = os.path.split(self._resolve(pid, AT_FDCWD, addr.unix_path))
+                real_parent = os.path.realpath(parent or "/")
+                bind_path = os.path.join(real_parent, name)  # bound exactly where it was checked
+                ok = self._is_writable(real_parent)
                 reason = "" if ok else f"cannot create a unix socket in {parent}: not writable"
             else:
                 ok, reason = True, ""
@@ -584,7 +577,7 @@ class Supervisor:
                 self.listener.fail(notif.id, err)
                 return
             if addr.family == socket.AF_UNIX and addr.unix_path:
-                result = netops.bind_unix_path(sock, self._resolve(pid, AT_FDCWD, addr.unix_path))
+                result = netops.bind_unix_path(sock, bind_path)
             else:
                 result = netops.bind(sock, addr)
             if result == 0 and addr.abstract is not None:
@@ -822,6 +815,22 @@ class Supervisor:
                 resource.prlimit(pid, resource.RLIMIT_AS, (soft, hard))
             except (OSError, ValueError):
                 continue
+
+
+# Dispatch by syscall number to unbound methods: a table of bound methods would make every
+# Supervisor a reference cycle that only a full garbage collection frees.
+_HANDLERS: dict[int, Callable[[Supervisor, Notification], None]] = {
+    _NR["connect"]: Supervisor._on_connect,
+    _NR["bind"]: Supervisor._on_bind,
+    _NR["sendto"]: Supervisor._on_sendto,
+    _NR["sendmsg"]: Supervisor._on_sendmsg,
+    _NR["sendmmsg"]: Supervisor._on_sendmmsg,
+    _NR["execve"]: Supervisor._on_exec,
+    _NR["execveat"]: Supervisor._on_exec,
+    _NR["seccomp"]: Supervisor._on_seccomp,
+    **{_NR[name]: Supervisor._on_process for name in _PROCESS_CALLS},
+    **{_NR[name]: Supervisor._on_path for name in _PATH_CALLS},
+}
 
 
 class _CallbackTimeout(BaseException):
