@@ -144,8 +144,10 @@ class Sandbox:
         audit: bool = False,
         close_fds: Iterable[int] = (),
         extra_fs_write: Iterable[str] = (),
+        on_launch: Optional[Callable[[int], None]] = None,
     ) -> None:
         self.policy = policy if policy is not None else Policy()
+        self.on_launch = on_launch  # told the root pid of each run, before supervision starts
         self.policy_fn = policy_fn
         self.audit = audit
         self.close_fds = tuple(close_fds)
@@ -223,7 +225,14 @@ class Sandbox:
                 memory_base=launched.memory_base,
                 framed_result=framed_result,
             )
+            if self.on_launch is not None:
+                self.on_launch(launched.pid)
             outcome = supervisor.run()
+        except BaseException:
+            # Interrupted (a signal handler raised, KeyboardInterrupt...): nothing may outlive this.
+            launched.tree.kill_quickly()
+            launched.tree.kill_all()
+            raise
         finally:
             if supervisor is None:
                 launched.tree.kill_all()
