@@ -41,7 +41,7 @@ from .policy import (
     coerce_verdict,
     is_path_within,
 )
-from .proctree import ProcessTree, read_status
+from .proctree import ProcessTree, _children_of, read_status
 from .syscalls import PIDFD_THREAD, forget_memory_fds, pidfd_getfd, pidfd_open
 
 PolicyFn = Callable[[SyscallEvent, PolicyContext], Any]
@@ -51,6 +51,7 @@ AT_EMPTY_PATH = 0x1000
 CLONE_NAMESPACE_FLAGS = 0x7E020000
 MAX_DATA = 16 * 1024 * 1024
 POLICY_FN_TIMEOUT = 2.0
+FORK_SETTLE = 0.1  # a continued fork whose child has not appeared by then is no longer counted
 RETRY_DELAY = 0.005
 SIGNAL_CHECK_MS = 20
 RESULT_HEADER = struct.Struct("=Q")  # Sandbox.call's result: length, then the payload
@@ -181,6 +182,7 @@ class Supervisor:
         self._procinfo: dict[int, tuple[int, int]] = {}
         self._abstract_bound: set[bytes] = set()
         self._unix_checked: dict[tuple[int, str], str] = {}
+        self._forks_in_flight: dict[int, tuple[int, frozenset[int], float]] = {}
         # Static+live network decisions, cleared whenever the live policy changes.
         self._net_cache: dict[tuple[int, str, Any, int], tuple[bool, str]] = {}
         if channel is not None:
@@ -721,7 +723,10 @@ class Supervisor:
         event = self._base_event(notif, name, SyscallCategory.PROCESS)
         ok, reason = True, ""
         limit = self.ctx.current().max_processes
-        if limit is not None and self.tree.count() >= limit:
+        self._forks_in_flight.pop(notif.pid, None)  # notified again: its previous fork has returned
+        # In-flight forks first, then the tree: a child appearing in between is counted twice
+        # (conservative), never zero times.
+        if limit is not None and self._forks_still_running() + self.tree.count() >= limit:
             ok, reason = False, f"max_processes={limit} reached"
         if ok or self.audit:
             allowed, err, event = self._decide(event, ok, reason)
@@ -730,9 +735,26 @@ class Supervisor:
             event = _with(event, denied=True, errno=errno.EAGAIN, reason=reason)
         self.events.append(event)
         if allowed:
+            if limit is not None:
+                tgid = self._proc(notif.pid)[0]
+                before = frozenset(_children_of(tgid))
+                self._forks_in_flight[notif.pid] = (tgid, before, time.monotonic() + FORK_SETTLE)
             self.listener.continue_(notif.id)
         else:
             self.listener.fail(notif.id, err)
+
+    def _forks_still_running(self) -> int:
+        """Forks continued whose child is not in the tree yet: counted too, or concurrent forks would
+        each see the same count and overshoot the limit. One is done when its forker has a new child
+        (or after FORK_SETTLE seconds: the fork failed, or the child is already gone)."""
+        running = 0
+        now = time.monotonic()
+        for tid, (tgid, before, deadline) in list(self._forks_in_flight.items()):
+            if now > deadline or set(_children_of(tgid)) - before:
+                del self._forks_in_flight[tid]
+            else:
+                running += 1
+        return running
 
     def _on_seccomp(self, notif: Notification) -> None:
         event = self._base_event(

@@ -1,0 +1,174 @@
+"""Unix socket escapes: abstract sockets created outside, socket files outside the writable set, symlinks.
+
+A unix socket file outside the writable set (a Docker socket is root on the host) may only be reached when
+the policy makes its directory writable; the supervisor resolves the path, opens it ``O_PATH`` and connects
+through that descriptor, so a symlink (or a swapped directory) cannot redirect what it checked.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from pathlib import Path
+
+import pytest
+from security_helpers import LOCAL, Outside, run_unconfined
+
+
+def abstract_attempts(stream_name: bytes, dgram_name: bytes) -> dict[str, object]:
+    out: dict[str, object] = {}
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(b"\0" + stream_name)
+        s.sendall(b"abstract stream")
+        out["connect"] = 0
+    except OSError as exc:
+        out["connect"] = exc.errno
+    finally:
+        s.close()
+    d = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    for name, fn in (
+        ("sendto", lambda: d.sendto(b"abstract sendto", b"\0" + dgram_name)),
+        ("sendmsg", lambda: d.sendmsg([b"abstract sendmsg"], [], 0, b"\0" + dgram_name)),
+    ):
+        try:
+            out[name] = fn()
+        except OSError as exc:
+            out[name] = exc.errno
+    d.close()
+    return out
+
+
+@pytest.mark.sandbox(net=LOCAL)
+def test_abstract_socket_created_outside_is_unreachable(outside: Outside) -> None:
+    result = abstract_attempts(outside.abstract_name, outside.abstract_dgram_name)
+    assert result == {"connect": errno.EACCES, "sendto": errno.EACCES, "sendmsg": errno.EACCES}
+
+
+@pytest.mark.sandbox(net=LOCAL)
+def test_abstract_socket_bound_inside_is_reachable() -> None:
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(b"\0sandlock-security-own-" + str(os.getpid()).encode())
+    server.listen(1)
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    client.connect(server.getsockname())
+    client.sendall(b"own")
+    conn, _ = server.accept()
+    assert conn.recv(10) == b"own"
+
+
+def test_abstract_socket_control(outside: Outside) -> None:
+    result = run_unconfined(abstract_attempts, outside.abstract_name, outside.abstract_dgram_name)
+    assert result == {"connect": 0, "sendto": 15, "sendmsg": 16}
+    assert sorted(outside.drain()) == [
+        ("abstract", b"abstract stream"),
+        ("abstract-dgram", b"abstract sendmsg"),
+        ("abstract-dgram", b"abstract sendto"),
+    ]
+
+
+# -------------------------------------------------------------------------------- socket files
+
+
+def unix_connect(path: str) -> object:
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        s.connect(path)
+        s.sendall(b"via " + os.fsencode(path))
+        return 0
+    except OSError as exc:
+        return exc.errno
+    finally:
+        s.close()
+
+
+def opath_connect(path: str) -> object:
+    """Open the socket file O_PATH (no read right needed) and connect through /proc/self/fd/N."""
+    fd = os.open(path, os.O_PATH)
+    try:
+        return unix_connect(f"/proc/self/fd/{fd}")
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.sandbox(net=LOCAL)
+def test_unix_socket_outside_writable_set_is_denied(outside: Outside, tmp_path: Path) -> None:
+    assert unix_connect(outside.unix_path) == errno.EACCES
+    relative = os.path.relpath(outside.unix_path, os.getcwd())
+    assert unix_connect(relative) == errno.EACCES
+    assert opath_connect(outside.unix_path) == errno.EACCES
+    link = tmp_path / "innocent.sock"
+    link.symlink_to(outside.unix_path)  # a symlink inside the writable set, pointing outside
+    assert unix_connect(str(link)) == errno.EACCES
+    dir_link = tmp_path / "dir"
+    dir_link.symlink_to(outside.dir)  # a directory symlink in tmp_path
+    assert unix_connect(str(dir_link / "outside.sock")) == errno.EACCES
+    # a hard link would put the outside inode in the writable set: Landlock refuses to link across
+    with pytest.raises(OSError) as info:
+        os.link(outside.unix_path, tmp_path / "hard.sock")
+    assert info.value.errno == errno.EXDEV
+
+
+def test_unix_socket_control(outside: Outside, tmp_path: Path) -> None:
+    link = tmp_path / "innocent.sock"
+    link.symlink_to(outside.unix_path)
+    assert run_unconfined(unix_connect, outside.unix_path) == 0
+    assert run_unconfined(opath_connect, outside.unix_path) == 0
+    assert run_unconfined(unix_connect, str(link)) == 0
+    assert len([kind for kind, _ in outside.drain() if kind == "unix"]) == 3
+
+
+@pytest.mark.sandbox(net=LOCAL, fs_write=[])
+def test_unix_socket_in_writable_dir_is_reachable(tmp_path: Path) -> None:
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(tmp_path / "own.sock"))
+    server.listen(1)
+    assert unix_connect(str(tmp_path / "own.sock")) == 0
+    assert server.accept()[0].recv(100) == b"via " + os.fsencode(tmp_path / "own.sock")
+
+
+SWAPS = 3000
+
+
+def directory_swap_race(tmp: str, outside_dir: str, tries: int) -> dict[object, int]:
+    """Connect to tmp/d/s (a socket of our own) while another process atomically exchanges tmp/d with a
+    symlink to the outside directory (renameat2 RENAME_EXCHANGE): the check and the connect must see
+    the same inode."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    os.mkdir(f"{tmp}/d")
+    own = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    own.bind(f"{tmp}/d/outside.sock")
+    own.listen(4096)
+    os.symlink(outside_dir, f"{tmp}/link")
+    pid = os.fork()
+    if pid == 0:
+        a, b = f"{tmp}/d".encode(), f"{tmp}/link".encode()
+        while True:
+            libc.renameat2(-100, a, -100, b, 2)  # RENAME_EXCHANGE
+    while not os.path.islink(f"{tmp}/d"):  # the swapper is running
+        pass
+    counts: dict[object, int] = {}
+    try:
+        for _ in range(tries):
+            result = unix_connect(f"{tmp}/d/outside.sock")
+            counts[result] = counts.get(result, 0) + 1
+    finally:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    return counts
+
+
+@pytest.mark.sandbox(net=LOCAL)
+def test_directory_swap_race_reaches_nothing(outside: Outside, tmp_path: Path) -> None:
+    counts = directory_swap_race(str(tmp_path), outside.dir, SWAPS)
+    assert set(counts) <= {0, errno.EACCES, errno.ENOENT}, counts
+    assert counts.get(0, 0) > 0, counts  # our own socket was reached: the race was really run
+
+
+def test_directory_swap_race_control(outside: Outside, tmp_path: Path) -> None:
+    counts = run_unconfined(directory_swap_race, str(tmp_path), outside.dir, 300)
+    assert counts.get(0, 0) > 0
+    assert any(kind == "unix" for kind, _ in outside.drain())
