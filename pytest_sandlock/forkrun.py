@@ -100,8 +100,44 @@ class Runner:
         """Where writes are not worth listing in the audit summary."""
         return (*self.extra_writable(), *_DEVICES)
 
+    def snapshot_fds(self) -> None:
+        """Remember the descriptors open when the session starts: pytest's, its plugins' and inherited
+        ones. Descriptors opened later (by fixtures, to hand to tests) are never closed in the child."""
+        self._session_fds: dict[int, tuple[int, int]] = {}
+        try:
+            numbers = {int(fd) for fd in os.listdir("/proc/self/fd")} - {0, 1, 2}
+        except OSError:
+            numbers = set()
+        for fd in numbers:
+            identity = _identity(fd)
+            if identity is not None:
+                self._session_fds[fd] = identity
+
+    def _kept_fds(self) -> set[int]:
+        """Pre-session descriptors the child keeps: capture's files (the test's output goes there,
+        and ``capsys.disabled()`` restores the terminal from them) and the ``--log-file`` stream."""
+        keep: set[int] = set()
+        capman = self.config.pluginmanager.getplugin("capturemanager")
+        multi = getattr(capman, "_global_capturing", None)
+        for name in ("in_", "out", "err"):
+            capture = getattr(multi, name, None)
+            for attr in ("targetfd_save", "targetfd_invalid"):
+                value = getattr(capture, attr, None)
+                if isinstance(value, int):
+                    keep.add(value)
+            fd = _fileno(getattr(capture, "tmpfile", None))
+            if fd is not None:
+                keep.add(fd)
+        logging_plugin = self.config.pluginmanager.get_plugin("logging-plugin")
+        fd = _fileno(getattr(getattr(logging_plugin, "log_file_handler", None), "stream", None))
+        if fd is not None:
+            keep.add(fd)
+        return keep
+
     def close_fds(self) -> tuple[int, ...]:
-        """Descriptors of pytest-xdist's channel (and pytest-reportlog's file) to close in the child."""
+        """Descriptors to close in the child: every one open before the session started (pytest's and
+        its plugins', inherited ones) except capture's and the log file's, and pytest-xdist's channel
+        and pytest-reportlog's file in any case."""
         if self._close_fds is None:
             fds: set[int] = set()
             for plugin in self.config.pluginmanager.get_plugins():
@@ -115,7 +151,20 @@ class Runner:
                     if fd is not None:
                         fds.add(fd)
             self._close_fds = tuple(sorted(fd for fd in fds if fd > 2))
-        return self._close_fds
+        # Pre-session descriptors still open on the same file (a number closed and reused since, by
+        # a fixture say, is not pytest's any more): checked at every call.
+        session = getattr(self, "_session_fds", {})
+        kept = self._kept_fds() if session else set()
+        pre_session = {fd for fd, identity in session.items() if fd not in kept and _identity(fd) == identity}
+        return tuple(sorted(set(self._close_fds) | pre_session))
+
+
+def _identity(fd: int) -> Optional[tuple[int, int]]:
+    try:
+        st = os.fstat(fd)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 def _fileno(obj: Any) -> Optional[int]:

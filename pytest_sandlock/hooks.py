@@ -65,6 +65,7 @@ class SandlockSession:
 
     @pytest.hookimpl(tryfirst=True)
     def pytest_sessionstart(self, session: pytest.Session) -> None:
+        self.runner.snapshot_fds()
         if self.settings.strict and not self.settings.audit and not self.is_worker:
             caps = self.capabilities()
             missing = [*getattr(caps, "problems", ()), *getattr(caps, "warnings", ())]

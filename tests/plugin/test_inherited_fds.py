@@ -1,0 +1,47 @@
+"""Descriptors in the sandboxed child: pytest's and pre-session ones are closed, a fixture's are kept."""
+
+from __future__ import annotations
+
+import pytest
+
+CONFTEST = """
+import os
+import pytest
+
+def pytest_configure(config):
+    # opened before the session starts, like pytest's and its plugins' own files
+    path = os.path.join(str(config.rootpath), "early.txt")
+    config.early_fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
+
+@pytest.fixture(scope="session")
+def late_fd(pytestconfig):
+    # a fixture hands the test a descriptor on a file outside the writable set: the fixture's choice
+    fd = os.open(os.path.join(str(pytestconfig.rootpath), "late.txt"), os.O_WRONLY | os.O_CREAT, 0o644)
+    yield fd
+    os.close(fd)
+"""
+
+TESTS = """
+import errno, os
+import pytest
+
+@pytest.mark.sandbox
+def test_descriptors(pytestconfig, late_fd):
+    with pytest.raises(OSError) as info:
+        os.write(pytestconfig.early_fd, b"escape")
+    assert info.value.errno == errno.EBADF
+    assert os.write(late_fd, b"fixture-handed") == 14
+
+@pytest.mark.sandbox(enabled=False)
+def test_control(pytestconfig):
+    assert os.write(pytestconfig.early_fd, b"control") == 7
+"""
+
+
+def test_pre_session_descriptors_closed_fixture_ones_kept(pytester: pytest.Pytester) -> None:
+    pytester.makeconftest(CONFTEST)
+    pytester.makepyfile(test_fds=TESTS)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--log-file=run.log")
+    result.assert_outcomes(passed=2)
+    assert (pytester.path / "early.txt").read_bytes() == b"control"
+    assert (pytester.path / "late.txt").read_bytes() == b"fixture-handed"
