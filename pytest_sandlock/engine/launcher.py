@@ -14,6 +14,7 @@ Any failure in 1-5 is reported to the parent and the target never runs: confinem
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import os
 import resource
@@ -32,7 +33,7 @@ from .channel import ChannelServer, LivePolicyClient, _install_client
 from .errors import KernelFeatureError, SandboxError
 from .notify import Listener
 from .proctree import ProcessTree
-from .syscalls import PR_SET_PDEATHSIG, pidfd_getfd, prctl
+from .syscalls import PR_SET_PDEATHSIG, _syscall, pidfd_getfd, prctl
 
 _SYNC = struct.Struct("=iQ")
 HANDOFF_TIMEOUT = 30.0
@@ -69,6 +70,68 @@ def _vm_size() -> int:
     return 0
 
 
+# Capabilities a test run as root must not keep: raw and packet sockets (frames past the
+# supervisor), raising its own limits, namespaces/mounts/modules/ptrace/bpf (also refused by seccomp),
+# device nodes, the clock. File-permission capabilities stay, so a root-run suite keeps its file access
+# (Landlock, which capabilities do not bypass, is what confines files).
+DROPPED_CAPABILITIES = (
+    9,  # LINUX_IMMUTABLE
+    12,  # NET_ADMIN
+    13,  # NET_RAW
+    16,  # SYS_MODULE
+    17,  # SYS_RAWIO
+    19,  # SYS_PTRACE
+    21,  # SYS_ADMIN
+    22,  # SYS_BOOT
+    24,  # SYS_RESOURCE
+    25,  # SYS_TIME
+    27,  # MKNOD
+    30,  # AUDIT_CONTROL
+    32,  # MAC_OVERRIDE
+    33,  # MAC_ADMIN
+    34,  # SYSLOG
+    38,  # PERFMON
+    39,  # BPF
+    40,  # CHECKPOINT_RESTORE
+    8,  # SETPCAP, last: dropping the others from the bounding set needs it
+)
+_PR_CAPBSET_DROP = 24
+_PR_CAP_AMBIENT = 47
+_PR_CAP_AMBIENT_CLEAR_ALL = 4
+_CAP_VERSION_3 = 0x20080522
+_NR_CAPGET = 125
+_NR_CAPSET = 126
+
+
+def drop_capabilities() -> None:
+    """Remove DROPPED_CAPABILITIES from every set of this process (a no-op without capabilities)."""
+    header = (ctypes.c_uint32 * 2)(_CAP_VERSION_3, 0)
+    data = (ctypes.c_uint32 * 6)()
+    if _libc_syscall(_NR_CAPGET, ctypes.addressof(header), ctypes.addressof(data)) != 0:
+        return
+    if not any(data):
+        return  # an ordinary user: nothing to drop
+    try:
+        prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL)
+    except OSError:
+        pass
+    for cap in DROPPED_CAPABILITIES:
+        try:
+            prctl(_PR_CAPBSET_DROP, cap)
+        except OSError:
+            pass  # unknown to this kernel, or already gone
+    for cap in DROPPED_CAPABILITIES:
+        word, bit = divmod(cap, 32)
+        for base in (0, 1, 2):  # effective, permitted, inheritable of each 32-bit half
+            data[word * 3 + base] &= ~(1 << bit) & 0xFFFFFFFF
+    if _libc_syscall(_NR_CAPSET, ctypes.addressof(header), ctypes.addressof(data)) != 0:
+        raise OSError(ctypes.get_errno(), "capset failed while dropping capabilities")
+
+
+def _libc_syscall(number: int, *args: int) -> int:
+    return int(_syscall(ctypes.c_long(number), *(ctypes.c_void_p(a) for a in args)))
+
+
 def _child_confine(conf: Confinement, parent: int, sync_w: int) -> int:
     """Confine this (child) process; returns the listener fd, reported to the parent but still open."""
     prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
@@ -79,6 +142,7 @@ def _child_confine(conf: Confinement, parent: int, sync_w: int) -> int:
         base = _vm_size()
         limit = base + conf.max_memory
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    drop_capabilities()
     landlock.set_no_new_privs()
     if conf.ruleset is not None:
         landlock.restrict_self(conf.ruleset)

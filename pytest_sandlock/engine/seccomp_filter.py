@@ -49,6 +49,7 @@ AUDIT_ARCH_X86_64 = 0xC000003E
 X32_SYSCALL_BIT = 0x40000000
 
 CLONE_THREAD = 0x00010000
+AF_PACKET = 17
 O_WRITE_FLAGS = (os.O_CREAT, os.O_TRUNC)  # checked as single bits; access mode checked separately
 
 # Calls that mutate the filesystem by path: notified so a denial is an event (Landlock enforces).
@@ -94,6 +95,9 @@ def _build(notify_process_creation: bool) -> sc.SyscallFilter:
         for bit in O_WRITE_FLAGS:
             flt.add_rule(sc.NOTIFY, name, sc.Arg(flags_arg, sc.MASKED_EQ, bit, bit))
     flt.add_rule(sc.NOTIFY, "seccomp", sc.Arg(1, sc.MASKED_EQ, FLAG_NEW_LISTENER, FLAG_NEW_LISTENER))
+    # Packet sockets write raw frames to an interface, past every check above (root only; the
+    # child also drops CAP_NET_RAW, see launcher.py).
+    flt.add_rule(sc.ERRNO(errno.EPERM), "socket", sc.Arg(0, sc.EQ, AF_PACKET))
     for name in ENOSYS_CALLS:
         flt.add_rule(sc.ERRNO(errno.ENOSYS), name)
     for name in ESCAPES:

@@ -570,8 +570,12 @@ class Supervisor:
                 bind_path = os.path.join(real_parent, name)  # bound exactly where it was checked
                 ok = self._is_writable(real_parent)
                 reason = "" if ok else f"cannot create a unix socket in {parent}: not writable"
+            elif addr.family in (socket.AF_UNIX, socket.AF_NETLINK, socket.AF_UNSPEC):
+                ok, reason = True, ""  # abstract/autobind unix names, netlink: nothing leaves the host
             else:
-                ok, reason = True, ""
+                # A packet socket bound to an interface sends whatever frames it is given.
+                ok = self.ctx.policy.net is None
+                reason = "" if ok else f"address family {addr.family} not allowed"
             event = self._net_event(notif, "bind", addr, protocol)
             allowed, err, event = self._decide(event, ok, reason)
             self.events.append(event)
