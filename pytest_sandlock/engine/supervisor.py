@@ -450,15 +450,22 @@ class Supervisor:
             return False, ABSENT_UNIX_SOCKET
         return False, f"unix socket {real} is outside the writable paths"
 
-    def _on_connect(self, notif: Notification) -> None:
-        fd_arg, addr_ptr, addr_len = notif.args[0], notif.args[1], notif.args[2]
-        addr = childmem.read_sockaddr(notif.pid, addr_ptr, addr_len)
+    def _address_and_socket(self, notif: Notification) -> Optional[tuple[childmem.SockAddr, int]]:
+        """For ``connect``/``bind(fd, addr, len)``: the copied address and a duplicate of the socket,
+        or None once the notification is answered (or gone)."""
+        addr = childmem.read_sockaddr(notif.pid, notif.args[1], notif.args[2])
         if not self.listener.id_valid(notif.id):
-            return
+            return None
         if addr is None:
             self.listener.fail(notif.id, errno.EFAULT)
+            return None
+        return addr, self._grab_fd(notif, notif.args[0])
+
+    def _on_connect(self, notif: Notification) -> None:
+        prepared = self._address_and_socket(notif)
+        if prepared is None:
             return
-        sock = self._grab_fd(notif, fd_arg)
+        addr, sock = prepared
         try:
             pid = self._proc(notif.pid)[0]
             ok, reason, protocol = self._net_decision(pid, sock, addr)
@@ -551,14 +558,10 @@ class Supervisor:
                 self.listener.fail(pending.nid, errno.EINTR)
 
     def _on_bind(self, notif: Notification) -> None:
-        fd_arg, addr_ptr, addr_len = notif.args[0], notif.args[1], notif.args[2]
-        addr = childmem.read_sockaddr(notif.pid, addr_ptr, addr_len)
-        if not self.listener.id_valid(notif.id):
+        prepared = self._address_and_socket(notif)
+        if prepared is None:
             return
-        if addr is None:
-            self.listener.fail(notif.id, errno.EFAULT)
-            return
-        sock = self._grab_fd(notif, fd_arg)
+        addr, sock = prepared
         try:
             pid = self._proc(notif.pid)[0]
             protocol = netops.protocol_of(sock, addr.family)

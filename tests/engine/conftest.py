@@ -73,6 +73,17 @@ def outside_dir() -> Iterator[Path]:
 
 
 @pytest.fixture
-def repo_dir() -> Path:
-    """The source tree: readable, never writable from a sandbox."""
-    return Path(__file__).resolve().parents[2]
+def repo_dir(outside_dir: Path) -> Path:
+    """The source tree: readable, never writable from a sandbox.
+
+    A checkout under the system temp dir is writable by design (the temp dir always is), so there a
+    stand-in tree outside it plays the source tree's part.
+    """
+    repo = Path(__file__).resolve().parents[2]
+    tmp = os.path.realpath(tempfile.gettempdir())
+    if str(repo) != tmp and not str(repo).startswith(tmp + os.sep):
+        return repo
+    stand_in = outside_dir / "source-tree"
+    stand_in.mkdir()
+    shutil.copy(repo / "pyproject.toml", stand_in / "pyproject.toml")
+    return stand_in
