@@ -29,6 +29,8 @@ def _check(args: argparse.Namespace) -> int:
     print(f"  sync wake-up:        {'yes' if caps.sync_wakeup else 'no'}")
     print(f"pidfd_getfd:           {'yes' if caps.pidfd_getfd else 'NO'}")
     print(f"PIDFD_THREAD:          {'yes' if caps.pidfd_thread else 'no'}")
+    for note in caps.notes:
+        print(f"note: {note}")
     for warning in caps.warnings:
         print(f"warning: {warning}")
     for problem in caps.problems:

@@ -33,7 +33,8 @@ class Capabilities:
     pidfd_getfd: bool
     pidfd_thread: bool
     problems: list[str] = field(default_factory=list)  # sandboxing cannot work
-    warnings: list[str] = field(default_factory=list)  # works, with less enforced
+    warnings: list[str] = field(default_factory=list)  # works, with less enforced (strict: an error)
+    notes: list[str] = field(default_factory=list)  # works as well, only slower
 
     @property
     def usable(self) -> bool:
@@ -66,6 +67,7 @@ class Capabilities:
             "usable": self.usable,
             "problems": self.problems,
             "warnings": self.warnings,
+            "notes": self.notes,
         }
 
 
@@ -199,8 +201,8 @@ def probe(refresh: bool = False) -> Capabilities:
             "no SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV (Linux 5.19+): signals can fake a connect"
         )
     if caps.seccomp_listener and not caps.sync_wakeup:
-        caps.warnings.append("no synchronous wake-up (Linux 6.6+): supervision is slower")
+        caps.notes.append("no synchronous wake-up (Linux 6.6+): supervision is slower")
     if not thread:
-        caps.warnings.append("no PIDFD_THREAD (Linux 6.9+): threads are resolved through /proc")
+        caps.notes.append("no PIDFD_THREAD (Linux 6.9+): threads are resolved through /proc")
     _cached = caps
     return caps
