@@ -353,6 +353,19 @@ def _parallel_suffix() -> str:
 # --------------------------------------------------------------------------------------------------------
 
 
+_own_filters: Optional[int] = None
+
+
+def _own_filter_count() -> int:
+    """Seccomp filters of the pytest process itself (a confined process has more)."""
+    global _own_filters
+    if _own_filters is None:
+        from pytest_sandlock.engine import proctree
+
+        _own_filters = proctree.seccomp_filter_count(os.getpid())
+    return _own_filters
+
+
 class _InterruptGuard:
     """While the supervisor loop runs, a timeout or Ctrl-C kills the child tree instead of the loop.
 
@@ -376,8 +389,7 @@ class _InterruptGuard:
         self.nodeid = nodeid
         self.pending: Optional[BaseException] = None
         self._saved: dict[int, Any] = {}
-        self._children_before: set[int] = set()
-        self._own_filters = -1
+        self.root: Optional[int] = None  # the confined child, once launched (Sandbox on_launch)
         self._armed = False
         self._active = False
         self._timer: Optional[tuple[Any, Any]] = None
@@ -385,10 +397,6 @@ class _InterruptGuard:
     def __enter__(self) -> _InterruptGuard:
         if threading.current_thread() is not threading.main_thread():
             return self
-        from pytest_sandlock.engine import proctree
-
-        self._children_before = set(proctree._children_of(os.getpid()))
-        self._own_filters = proctree.seccomp_filter_count(os.getpid())
         self._active = True
         for signum in self.SIGNALS:
             handler = signal.getsignal(signum)
@@ -458,14 +466,20 @@ class _InterruptGuard:
             signal.setitimer(signal.ITIMER_REAL, self.RETRY)  # the alarm comes back to ``guarded``
             self._armed = True
 
+    def launched(self, pid: int) -> None:
+        self.root = pid
+
     def kill_confined(self) -> bool:
-        """SIGKILL the confined processes started since ``__enter__``; True if any was found."""
+        """SIGKILL the confined tree of this call (the root, its descendants, orphans it left to the
+        pytest process); False while the child is not launched yet."""
         from pytest_sandlock.engine import proctree
 
+        if self.root is None:
+            return False
+        own = _own_filter_count()
+        orphans = [p for p in proctree._children_of(os.getpid()) if proctree.seccomp_filter_count(p) > own]
         found = False
-        new = [p for p in proctree._children_of(os.getpid()) if p not in self._children_before]
-        confined = [p for p in new if proctree.seccomp_filter_count(p) > self._own_filters]
-        for pid in proctree.descendants(confined):
+        for pid in proctree.descendants([self.root, *orphans]):
             try:
                 os.kill(pid, signal.SIGKILL)
                 found = True
@@ -730,6 +744,7 @@ def run_call(item: pytest.Item, runtest: Callable[[], None], spec: SandboxSpec, 
             audit=settings.audit,
             close_fds=runner.close_fds(),
             extra_fs_write=runner.extra_writable(),
+            on_launch=guard.launched,
         )
         with warnings.catch_warnings(), guard:
             # Forking a threaded pytest (xdist workers) is what this plugin does on purpose.

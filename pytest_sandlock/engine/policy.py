@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import errno as errno_module
+import functools
 import ipaddress
 import math
 import os
@@ -767,6 +768,7 @@ class PolicyContext:
             self._on_change(field)
 
 
+@functools.lru_cache(maxsize=128)
 def _ceiling_of(policy: Policy) -> LivePolicy:
     """The static policy as a LivePolicy; allowed_ips None when any address may be reached."""
     rules = policy.net

@@ -6,6 +6,7 @@ supervises it from the calling thread until the child and every process it start
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import pickle
@@ -43,6 +44,13 @@ SYSTEM_READABLE = (
 _LEN = RESULT_HEADER
 
 
+@functools.lru_cache(maxsize=256)
+def _real(path: str) -> str:
+    """realpath, memoised: the same few paths are resolved for every sandboxed test."""
+    return os.path.realpath(path)
+
+
+@functools.lru_cache(maxsize=1)
 def always_writable() -> tuple[str, ...]:
     return (os.path.realpath(tempfile.gettempdir()), *ALWAYS_WRITABLE_DEVICES)
 
@@ -153,7 +161,7 @@ class Sandbox:
         self.close_fds = tuple(close_fds)
         self.writable = tuple(
             dict.fromkeys(
-                (*self.policy.fs_write, *(os.path.realpath(p) for p in extra_fs_write), *always_writable())
+                (*self.policy.fs_write, *(_real(p) for p in extra_fs_write), *always_writable())
             )
         )
         self.compiled = seccomp_filter.compiled_filter(
