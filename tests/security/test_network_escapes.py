@@ -304,8 +304,13 @@ def test_sockaddr_race_lets_nothing_through(outside: Outside, same_port_inside: 
 
 
 def test_sockaddr_race_control(outside: Outside, same_port_inside: Inside) -> None:
-    counts = run_unconfined(connect_race, outside.tcp_port, RACE_TRIES)
-    assert counts == {0: RACE_TRIES}
-    reached = len(outside.drain())
-    assert 0 < reached < RACE_TRIES  # the flipper really does redirect connects to the outside
-    assert len(same_port_inside.drain()) == RACE_TRIES - reached
+    # The flipper really does redirect connects to the outside. Thread interleaving is up to the
+    # scheduler (on a loaded two-core machine a whole round can go one way), so allow a few rounds.
+    for _ in range(5):
+        counts = run_unconfined(connect_race, outside.tcp_port, RACE_TRIES)
+        assert counts == {0: RACE_TRIES}
+        reached = len(outside.drain())
+        assert len(same_port_inside.drain()) == RACE_TRIES - reached
+        if reached > 0:
+            break
+    assert reached > 0
