@@ -218,6 +218,27 @@ def main() -> None:
         )
     )
 
+    loaded, unloaded = [], []
+    for _ in range(args.rounds):
+        loaded.append(_pytest(root, out, "test_many.py"))
+        unloaded.append(_pytest(root, out, "test_many.py", "-p", "no:sandlock"))
+    rows.append(
+        (
+            "1,000 unsandboxed tests: plugin loaded vs -p no:sandlock",
+            f"{statistics.median(unloaded):.2f} s",
+            f"{statistics.median(loaded):.2f} s",
+            f"{statistics.median(loaded) / statistics.median(unloaded):.2f}x",
+        )
+    )
+    plain_mem = _read(out, "memory")[-1]
+    rows.append(
+        (
+            "1,000 unsandboxed tests: pytest RSS before/after",
+            f"{plain_mem['rss_kb'][0] / 1024:.1f} MiB",
+            f"{plain_mem['rss_kb'][1] / 1024:.1f} MiB",
+            f"+{(plain_mem['rss_kb'][1] - plain_mem['rss_kb'][0]) / 1024:.1f} MiB",
+        )
+    )
     _pytest(root, out, "test_many.py", strict)
     mem = _read(out, "memory")[-1]
     rows.append(
