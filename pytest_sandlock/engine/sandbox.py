@@ -185,7 +185,8 @@ class Sandbox:
             fs_write=self.writable,
             fs_deny=policy.fs_deny,
             tcp_connect_ports=tcp,
-            tcp_bind_ports=None,
+            # Binds the supervisor allows: the rules' ports, and port 0 (an ephemeral port).
+            tcp_bind_ports=None if tcp is None else tcp | {0},
         )
 
     # ------------------------------------------------------------------ running
