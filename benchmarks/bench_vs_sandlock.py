@@ -13,17 +13,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
 import subprocess
 import sys
-import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from pytest_sandlock.engine.policy import Policy  # noqa: E402
 from pytest_sandlock.engine.sandbox import Sandbox  # noqa: E402
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_engine import _listener  # noqa: E402
 
 LOOP = """
 import socket, sys, time
@@ -51,20 +52,6 @@ for _ in range(20):
     box.run(["/bin/echo", "hi"])
 sys.stderr.write("LAUNCH %f\\n" % ((time.perf_counter() - t) / 20))
 """
-
-
-def _listener() -> int:
-    srv = socket.socket()
-    srv.bind(("127.0.0.1", 0))
-    srv.listen(1024)
-
-    def accept() -> None:
-        while True:
-            conn, _ = srv.accept()
-            conn.close()
-
-    threading.Thread(target=accept, daemon=True).start()
-    return int(srv.getsockname()[1])
 
 
 def _timed(fn: object) -> float:

@@ -13,30 +13,19 @@ from typing import Any, Iterable, Optional
 
 import pytest
 
-from pytest_sandlock.engine.policy import SyscallCategory, SyscallEvent
+from pytest_sandlock.engine.policy import SyscallCategory, SyscallEvent, is_path_within
 
 REPORT_VERSION = 1
 _TEMP_EXTRA = ("/dev", "/proc/self", "/dev/shm")
 
 
+REPORT_EVENT_FIELDS = ("syscall", "category", "pid", "parent_pid", "host", "port", "argv", "path", "denied")
+
+
 def event_record(event: SyscallEvent) -> dict[str, Any]:
-    """One event in the report schema."""
-    return {
-        "syscall": event.syscall,
-        "category": event.category.value,
-        "pid": event.pid,
-        "parent_pid": event.parent_pid,
-        "host": None if event.host is None else str(event.host),
-        "port": event.port,
-        "argv": None if event.argv is None else list(event.argv),
-        "path": event.path,
-        "denied": bool(event.denied),
-    }
-
-
-def _within(path: str, root: str) -> bool:
-    root = root.rstrip("/") or "/"
-    return path == root or path.startswith(root if root == "/" else root + "/")
+    """One event in the report schema: the documented subset of ``SyscallEvent.to_dict()``."""
+    full = event.to_dict()
+    return {key: full[key] for key in REPORT_EVENT_FIELDS}
 
 
 def _is_loopback(host: Any) -> bool:
@@ -57,7 +46,7 @@ def audit_digest(events: Iterable[SyscallEvent], temp_roots: Iterable[str]) -> d
             net[f"{where} ({e.protocol or e.syscall})" + (" denied" if e.denied else "")] = None
         elif e.argv is not None:
             programs[" ".join(e.argv)] = None
-        elif e.category is SyscallCategory.FILE and e.path and not any(_within(e.path, r) for r in roots):
+        elif e.category is SyscallCategory.FILE and e.path and not _in_any(e.path, roots):
             files[f"{e.path} ({e.syscall})" + (" denied" if e.denied else "")] = None
     return {"net": list(net), "programs": list(programs), "files": list(files)}
 
@@ -152,3 +141,7 @@ class Collector:
                     terminal.write_line(f"    {label}: {value}")
         audited = sum(1 for e in self.tests.values() if e["sandboxed"])
         terminal.write_line(f"{audited} test(s) audited, {shown} listed")
+
+
+def _in_any(path: str, roots: Iterable[str]) -> bool:
+    return any(is_path_within(path, root) for root in roots)

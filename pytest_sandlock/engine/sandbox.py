@@ -160,9 +160,7 @@ class Sandbox:
         self.audit = audit
         self.close_fds = tuple(close_fds)
         self.writable = tuple(
-            dict.fromkeys(
-                (*self.policy.fs_write, *(_real(p) for p in extra_fs_write), *always_writable())
-            )
+            dict.fromkeys((*self.policy.fs_write, *(_real(p) for p in extra_fs_write), *always_writable()))
         )
         self.compiled = seccomp_filter.compiled_filter(
             notify_process_creation=self.policy.max_processes is not None
