@@ -48,6 +48,7 @@ class Confinement:
     max_memory: Optional[int] = None
     close_fds: tuple[int, ...] = ()
     wait_killable: bool = True
+    capability_drop: Optional[CapabilityDrop] = None
 
 
 @dataclass
@@ -93,37 +94,44 @@ DROPPED_CAPABILITIES = (
     38,  # PERFMON
     39,  # BPF
     40,  # CHECKPOINT_RESTORE
-    8,  # SETPCAP, last: dropping the others from the bounding set needs it
+    8,  # SETPCAP
 )
-_PR_CAPBSET_DROP = 24
-_PR_CAP_AMBIENT = 47
-_PR_CAP_AMBIENT_CLEAR_ALL = 4
 _CAP_VERSION_3 = 0x20080522
 _NR_CAPGET = 125
 _NR_CAPSET = 126
 
 
-def drop_capabilities() -> None:
-    """Remove DROPPED_CAPABILITIES from every set of this process (a no-op without capabilities)."""
+@dataclass
+class CapabilityDrop:
+    """A ready ``capset()`` argument: this process's capabilities minus DROPPED_CAPABILITIES."""
+
+    header: ctypes.Array[ctypes.c_uint32]
+    data: ctypes.Array[ctypes.c_uint32]
+
+
+def prepare_capability_drop() -> Optional[CapabilityDrop]:
+    """Computed in the parent (the child inherits the same credentials), so that the child only
+    makes one syscall; None when there is nothing to drop (an ordinary user)."""
     header = (ctypes.c_uint32 * 2)(_CAP_VERSION_3, 0)
     data = (ctypes.c_uint32 * 6)()
     if _libc_syscall(_NR_CAPGET, ctypes.addressof(header), ctypes.addressof(data)) != 0:
-        return
-    if not any(data):
-        return  # an ordinary user: nothing to drop
-    try:
-        prctl(_PR_CAP_AMBIENT, _PR_CAP_AMBIENT_CLEAR_ALL)
-    except OSError:
-        pass
-    for cap in DROPPED_CAPABILITIES:
-        try:
-            prctl(_PR_CAPBSET_DROP, cap)
-        except OSError:
-            pass  # unknown to this kernel, or already gone
+        return None
+    before = list(data)
     for cap in DROPPED_CAPABILITIES:
         word, bit = divmod(cap, 32)
         for base in (0, 1, 2):  # effective, permitted, inheritable of each 32-bit half
             data[word * 3 + base] &= ~(1 << bit) & 0xFFFFFFFF
+    if list(data) == before:
+        return None
+    return CapabilityDrop(header, data)
+
+
+def drop_capabilities(prepared: Optional[CapabilityDrop]) -> None:
+    """Lower the effective, permitted and inheritable sets (ambient ones go with them). The bounding
+    set needs no change: no_new_privs, set next, keeps execve from granting anything back."""
+    if prepared is None:
+        return
+    header, data = prepared.header, prepared.data
     if _libc_syscall(_NR_CAPSET, ctypes.addressof(header), ctypes.addressof(data)) != 0:
         raise OSError(ctypes.get_errno(), "capset failed while dropping capabilities")
 
@@ -142,7 +150,7 @@ def _child_confine(conf: Confinement, parent: int, sync_w: int) -> int:
         base = _vm_size()
         limit = base + conf.max_memory
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    drop_capabilities()
+    drop_capabilities(conf.capability_drop)
     landlock.set_no_new_privs()
     if conf.ruleset is not None:
         landlock.restrict_self(conf.ruleset)

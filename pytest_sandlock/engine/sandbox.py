@@ -23,7 +23,7 @@ from typing import Any, Optional
 
 from . import capabilities, landlock, seccomp_filter
 from .errors import ChildException, SandboxCrash
-from .launcher import Confinement, close_launched, exec_target, launch
+from .launcher import Confinement, close_launched, exec_target, launch, prepare_capability_drop
 from .policy import Policy, PolicyContext, SyscallEvent, tcp_ports_of
 from .proctree import reap_deferred
 from .supervisor import RESULT_HEADER, PolicyFn, Supervisor
@@ -203,6 +203,7 @@ class Sandbox:
             max_memory=self.policy.max_memory,
             close_fds=self.close_fds,
             wait_killable=self.capabilities.wait_killable_recv,
+            capability_drop=prepare_capability_drop(),
         )
         launched = launch(conf, target, capture_output=capture_output, stdin_devnull=capture_output)
         effective_timeout = timeout if timeout is not None else self.policy.timeout
