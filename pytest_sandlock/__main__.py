@@ -54,7 +54,11 @@ def _run(args: argparse.Namespace) -> int:
             fs_deny=args.fs_deny or (),
             timeout=args.timeout,
         )
-        result = Sandbox(policy, audit=args.audit).run(command)
+        sandbox = Sandbox(policy, audit=args.audit)
+        if args.verbose:
+            for note in sandbox.notes:
+                print(f"sandlock: not enforced: {note}", file=sys.stderr)
+        result = sandbox.run(command)
     except SandboxError as exc:
         print(f"pytest-sandlock run: {exc}", file=sys.stderr)
         return 2

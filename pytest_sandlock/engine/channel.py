@@ -104,6 +104,8 @@ class ChannelServer:
             return {"error": ["PolicyFnError", str(exc)]}
         except (PolicyError, ValueError, TypeError, KeyError) as exc:
             return {"error": ["PolicyError", f"{type(exc).__name__}: {exc}"]}
+        except Exception as exc:  # the child's request must never break the supervisor loop
+            return {"error": ["PolicyError", f"live-policy request failed: {type(exc).__name__}: {exc}"]}
 
     def _respond(self, reply: dict[str, Any]) -> None:
         payload = json.dumps(reply).encode() + b"\n"

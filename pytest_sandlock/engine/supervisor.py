@@ -527,21 +527,34 @@ class Supervisor:
     def _complete_pending(self, sock: int) -> None:
         pending = self._pending.pop(sock)
         try:
-            if pending.retry is not None:
-                result = pending.retry()
-                if result == -errno.EAGAIN:
-                    retry_at = None if pending.retry_at is None else time.monotonic() + RETRY_DELAY
-                    self._pending[sock] = _Pending(
-                        pending.nid, sock, pending.event, pending.retry, retry_at=retry_at, tid=pending.tid
-                    )
-                    return
-            else:
-                result = -netops.socket_error(sock)
-            self.events.append(pending.event)
-            self.listener.reply(pending.nid, result)
+            self._finish_pending(sock, pending)
+        except Exception as exc:  # fail closed, as for a fresh notification
+            self._pending.pop(sock, None)
+            self.outcome.internal_errors.append(f"supervisor error: {type(exc).__name__}: {exc}")
+            self.events.append(
+                _with(pending.event, denied=True, errno=errno.EACCES, reason=f"supervisor error: {exc}")
+            )
+            try:
+                self.listener.fail(pending.nid, errno.EACCES)
+            except OSError:
+                pass
         finally:
             if sock not in self._pending:
                 os.close(sock)
+
+    def _finish_pending(self, sock: int, pending: _Pending) -> None:
+        if pending.retry is not None:
+            result = pending.retry()
+            if result == -errno.EAGAIN:
+                retry_at = None if pending.retry_at is None else time.monotonic() + RETRY_DELAY
+                self._pending[sock] = _Pending(
+                    pending.nid, sock, pending.event, pending.retry, retry_at=retry_at, tid=pending.tid
+                )
+                return
+        else:
+            result = -netops.socket_error(sock)
+        self.events.append(pending.event)
+        self.listener.reply(pending.nid, result)
 
     def _interrupt_signalled(self) -> None:
         """Answer EINTR to deferred calls whose thread has a deliverable signal pending.
