@@ -69,10 +69,15 @@ def parse_sockaddr(raw: bytes) -> SockAddr:
     return SockAddr(family, raw)
 
 
-def read_sockaddr(pid: int, address: int, length: int) -> Optional[SockAddr]:
+def read_sockaddr_bytes(pid: int, address: int, length: int) -> Optional[bytes]:
     if address == 0 or length <= 0:
         return None
-    return parse_sockaddr(read_memory(pid, address, min(length, MAX_SOCKADDR)))
+    return read_memory(pid, address, min(length, MAX_SOCKADDR))
+
+
+def read_sockaddr(pid: int, address: int, length: int) -> Optional[SockAddr]:
+    raw = read_sockaddr_bytes(pid, address, length)
+    return None if raw is None else parse_sockaddr(raw)
 
 
 def read_cstring(pid: int, address: int, limit: int = PATH_MAX) -> Optional[bytes]:

@@ -118,6 +118,10 @@ _NAMES: dict[int, str] = {
 _NR = {name: nr for nr, name in _NAMES.items()}
 
 
+# A connect's (address, allowed, errno, event to record).
+_ConnectVerdict = tuple[childmem.SockAddr, bool, int, SyscallEvent]
+
+
 @dataclass
 class _Pending:
     """A syscall answered later: a connect in progress or a send waiting for buffer space."""
@@ -185,6 +189,7 @@ class Supervisor:
         self._forks_in_flight: dict[int, tuple[int, frozenset[int], float]] = {}
         # Static+live network decisions, cleared whenever the live policy changes.
         self._net_cache: dict[tuple[int, str, Any, int], tuple[bool, str]] = {}
+        self._connect_cache: dict[tuple[int, str, bytes], _ConnectVerdict] = {}
         if channel is not None:
             channel.bind(self)
 
@@ -202,19 +207,23 @@ class Supervisor:
         open_fds = {self.result_fd, *self._outputs}
         listener_fd = self.listener.fd
         root_done = False
+        deferred = self._pending
+        deadline = self.deadline
+        next_signal_check = 0.0
         while True:
             timeout_ms: Optional[int] = None
-            if self.deadline is not None:
-                remaining = self.deadline - time.monotonic()
+            if deadline is not None:
+                remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     self.outcome.timed_out = True
                     break
                 timeout_ms = max(1, int(remaining * 1000))
-            timed = [p.retry_at for p in self._pending.values() if p.retry_at is not None]
-            if timed:
-                wait_ms = max(0, int((min(timed) - time.monotonic()) * 1000))
-                timeout_ms = wait_ms if timeout_ms is None else min(timeout_ms, wait_ms)
-            if self._pending:
+            timed: list[float] = []
+            if deferred:
+                timed = [p.retry_at for p in deferred.values() if p.retry_at is not None]
+                if timed:
+                    wait_ms = max(0, int((min(timed) - time.monotonic()) * 1000))
+                    timeout_ms = wait_ms if timeout_ms is None else min(timeout_ms, wait_ms)
                 # A thread waiting on a deferred call cannot take signals (WAIT_KILLABLE_RECV):
                 # look for pending ones regularly and answer EINTR, as the kernel would.
                 timeout_ms = SIGNAL_CHECK_MS if timeout_ms is None else min(timeout_ms, SIGNAL_CHECK_MS)
@@ -222,13 +231,20 @@ class Supervisor:
                 ready = poller.poll(timeout_ms)
             except InterruptedError:
                 continue
-            if self._pending:
-                self._interrupt_signalled()
+            if len(ready) == 1 and ready[0] == (listener_fd, select.POLLIN) and not deferred:
+                # The hot path: one notification and nothing deferred before it.
+                self._receive_one()
+                if not deferred:
+                    continue
+                ready = []
+            if deferred:
+                now = time.monotonic()
+                if now >= next_signal_check:  # /proc reads: not on every wake-up
+                    next_signal_check = now + SIGNAL_CHECK_MS / 1000
+                    self._interrupt_signalled()
             if timed:
                 now = time.monotonic()
-                for sock in [
-                    s for s, p in self._pending.items() if p.retry_at is not None and p.retry_at <= now
-                ]:
+                for sock in [s for s, p in deferred.items() if p.retry_at is not None and p.retry_at <= now]:
                     self._complete_pending(sock)
             for fd, mask in ready:
                 if fd == listener_fd:
@@ -462,15 +478,17 @@ class Supervisor:
         return addr, self._grab_fd(notif, notif.args[0])
 
     def _on_connect(self, notif: Notification) -> None:
-        prepared = self._address_and_socket(notif)
-        if prepared is None:
+        tid, args = notif.pid, notif.args
+        raw = childmem.read_sockaddr_bytes(tid, args[1], args[2])
+        if not self.listener.id_valid(notif.id):
             return
-        addr, sock = prepared
+        if raw is None:
+            self.listener.fail(notif.id, errno.EFAULT)
+            return
+        sock = self._grab_fd(notif, args[0])
         try:
-            pid = self._proc(notif.pid)[0]
-            ok, reason, protocol = self._net_decision(pid, sock, addr)
-            event = self._net_event(notif, "connect", addr, protocol)
-            allowed, err, event = self._decide(event, ok, reason)
+            pid = self._proc(tid)[0]
+            addr, allowed, err, event = self._connect_verdict(notif, pid, sock, raw)
             if not allowed:
                 self.events.append(event)
                 self.listener.fail(notif.id, err)
@@ -478,7 +496,7 @@ class Supervisor:
             target = self._unix_target(pid, addr)
             result, state = netops.connect(sock, addr, target)
             if state == netops.CONNECT_IN_PROGRESS:
-                self._pending[sock] = _Pending(notif.id, sock, event, tid=notif.pid)
+                self._pending[sock] = _Pending(notif.id, sock, event, tid=tid)
                 sock = -1
                 return
             if state == netops.CONNECT_RETRY:
@@ -489,15 +507,41 @@ class Supervisor:
                     return -errno.EAGAIN if again_state == netops.CONNECT_RETRY else again
 
                 self._pending[sock] = _Pending(
-                    notif.id, sock, event, retry, retry_at=time.monotonic() + RETRY_DELAY, tid=notif.pid
+                    notif.id, sock, event, retry, retry_at=time.monotonic() + RETRY_DELAY, tid=tid
                 )
                 sock = -1
                 return
+            # Our duplicate goes before the answer: the child may close its descriptor at once,
+            # and the last close (the TCP teardown) then happens in the child, as without a sandbox.
+            os.close(sock)
+            sock = -1
             self.events.append(event)
             self.listener.reply(notif.id, result)
         finally:
             if sock >= 0:
                 os.close(sock)
+
+    def _connect_verdict(self, notif: Notification, pid: int, sock: int, raw: bytes) -> _ConnectVerdict:
+        """(address, allowed, errno, event to record) for a connect to the address bytes ``raw``.
+
+        Without a callback, an IP destination's whole verdict depends only on the process, the
+        socket's protocol and the bytes: it is cached (events are immutable, so one is recorded
+        as often as it happens) until the live policy changes. A callback sees every connect.
+        """
+        family = raw[0] | raw[1] << 8 if len(raw) >= 2 else -1
+        key: Optional[tuple[int, str, bytes]] = None
+        if self.policy_fn is None and family in (socket.AF_INET, socket.AF_INET6):
+            key = (pid, netops.protocol_of(sock, family), raw)
+            hit = self._connect_cache.get(key)
+            if hit is not None:
+                return hit
+        addr = childmem.parse_sockaddr(raw)
+        ok, reason, protocol = self._net_decision(pid, sock, addr)
+        event = self._net_event(notif, "connect", addr, protocol)
+        verdict = (addr, *self._decide(event, ok, reason))
+        if key is not None and key[1] == protocol:
+            self._connect_cache[key] = verdict
+        return verdict
 
     def _unix_target(self, pid: int, addr: childmem.SockAddr) -> Optional[str]:
         if addr.family == socket.AF_UNIX and addr.unix_path:
@@ -837,6 +881,7 @@ class Supervisor:
     def policy_changed(self, field_name: str) -> None:
         """Called by the PolicyContext after any change (grant, restrict, override, deny_path)."""
         self._net_cache.clear()
+        self._connect_cache.clear()
         if field_name == "max_memory":
             self.apply_memory_limit()
 

@@ -98,13 +98,15 @@ def pidfd_open(pid: int, flags: int = 0) -> int:
     return _check(_syscall(ctypes.c_long(NR_PIDFD_OPEN), ctypes.c_long(pid), ctypes.c_long(flags)))
 
 
+# A prototyped syscall(2) for the per-notification call: no c_long objects built per call.
+_syscall3 = ctypes.CFUNCTYPE(
+    ctypes.c_long, ctypes.c_long, ctypes.c_long, ctypes.c_long, ctypes.c_long, use_errno=True
+)(("syscall", _libc))
+
+
 def pidfd_getfd(pidfd: int, targetfd: int) -> int:
     """Duplicate ``targetfd`` of the process behind ``pidfd`` into this process (close-on-exec)."""
-    return _check(
-        _syscall(
-            ctypes.c_long(NR_PIDFD_GETFD), ctypes.c_long(pidfd), ctypes.c_long(targetfd), ctypes.c_long(0)
-        )
-    )
+    return _check(_syscall3(NR_PIDFD_GETFD, pidfd, targetfd, 0))
 
 
 def seccomp(operation: int, flags: int, prog: ctypes.c_void_p | int | None) -> int:
@@ -191,11 +193,18 @@ def sendto_raw(fd: int, data: bytes, flags: int, sockaddr: Optional[bytes]) -> i
     return _neg_errno(_sendto(fd, data, len(data), flags, sockaddr, len(sockaddr)))
 
 
+# One buffer for every getsockopt: the supervisor is single-threaded, and a call per notification
+# should not allocate ctypes objects.
+_opt_value = ctypes.c_int(0)
+_opt_size = ctypes.c_uint32(4)
+_opt_value_ref = ctypes.byref(_opt_value)
+_opt_size_ref = ctypes.byref(_opt_size)
+
+
 def getsockopt_int(fd: int, level: int, option: int) -> int:
-    value = ctypes.c_int(0)
-    size = ctypes.c_uint32(ctypes.sizeof(value))
-    _check(_getsockopt(fd, level, option, ctypes.byref(value), ctypes.byref(size)))
-    return value.value
+    _opt_size.value = 4
+    _check(_getsockopt(fd, level, option, _opt_value_ref, _opt_size_ref))
+    return _opt_value.value
 
 
 _process_vm_writev = _libc.process_vm_writev

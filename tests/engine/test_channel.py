@@ -173,3 +173,22 @@ def test_per_pid_override_applies_to_that_pid_only(tcp_inside: TcpListener) -> N
     child_connects = [e for e in result.events if e.syscall == "connect" and e.pid == value["child"]]
     assert [e.denied for e in child_connects] == [False, True, False]
     assert child_connects[1].reason == f"restricted for pid {value['child']}"
+
+
+def test_repeated_connects_each_recorded_and_restrict_reaches_a_cached_destination(
+    tcp_inside: TcpListener,
+) -> None:
+    """The supervisor caches a destination's verdict: every connect must still be recorded, and a
+    live restriction must deny the very address bytes that were allowed a moment before."""
+
+    def body() -> list[object]:
+        out: list[object] = [tcp_send(*tcp_inside.addr, f"hello {i}".encode()) for i in range(3)]
+        _live().restrict_network([])
+        out.append(tcp_send(*tcp_inside.addr, b"after restrict"))
+        return out
+
+    result = Sandbox(Policy(net=NET)).call(body)
+    assert result.value == ["ok", "ok", "ok", errno.EACCES]
+    assert tcp_inside.received() == [b"hello 0", b"hello 1", b"hello 2"]
+    connects = [e for e in result.events if e.syscall == "connect" and e.port == tcp_inside.port]
+    assert [e.denied for e in connects] == [False, False, False, True]
