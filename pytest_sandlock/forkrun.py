@@ -35,7 +35,7 @@ import tempfile
 import threading
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import pytest
 
@@ -45,6 +45,9 @@ from pytest_sandlock.engine.policy import Policy, SyscallEvent, coerce_verdict
 from pytest_sandlock.fixture import FIXTURE_KEY
 from pytest_sandlock.markers import SandboxSpec
 from pytest_sandlock.options import Settings
+
+if TYPE_CHECKING:
+    from pytest_sandlock.engine.sandbox import Sandbox
 
 SPEC_KEY = pytest.StashKey[SandboxSpec]()
 UNCONFINED_KEY = pytest.StashKey[bool]()
@@ -77,6 +80,23 @@ class Runner:
         self._writable: Optional[tuple[str, ...]] = None
         self._close_fds: Optional[tuple[int, ...]] = None
         self._coverage_staging: Optional[str] = None
+        self._sandboxes: dict[tuple[Policy, Optional[Callable[..., Any]]], Sandbox] = {}
+
+    def sandbox_for(self, policy: Policy, policy_fn: Optional[Callable[..., Any]]) -> Sandbox:
+        """The Sandbox for a policy, built once: most tests of a suite share a handful of policies,
+        and building one (writable paths, ruleset look-up) costs page faults in a just-forked process."""
+        key = (policy, policy_fn)
+        sandbox = self._sandboxes.get(key)
+        if sandbox is None:
+            from pytest_sandlock.engine.sandbox import Sandbox  # first use: unsandboxed runs never pay
+
+            if len(self._sandboxes) >= 64:  # per-test callables (event hooks) must not pile up
+                self._sandboxes.clear()
+            sandbox = Sandbox(
+                policy, policy_fn, audit=self.settings.audit, extra_fs_write=self.extra_writable()
+            )
+            self._sandboxes[key] = sandbox
+        return sandbox
 
     def coverage_staging(self) -> str:
         """A directory the child may write (under the system temp dir) for coverage data files."""
@@ -722,8 +742,6 @@ def _fail(message: str) -> None:
 def run_call(item: pytest.Item, runtest: Callable[[], None], spec: SandboxSpec, runner: Runner) -> None:
     """Replaces ``item.runtest`` for a sandboxed test's call phase (runs in the pytest process)."""
     __tracebackhide__ = True
-    from pytest_sandlock.engine.sandbox import Sandbox  # imported on first use: unsandboxed runs never pay
-
     settings = runner.settings
     record = CallRecord()
     item.stash[RECORD_KEY] = record
@@ -738,14 +756,9 @@ def run_call(item: pytest.Item, runtest: Callable[[], None], spec: SandboxSpec, 
     coverage = CoverageBridge.for_call(runner)
     guard = _InterruptGuard(item.nodeid)
     try:
-        sandbox = Sandbox(
-            policy,
-            policy_fn,
-            audit=settings.audit,
-            close_fds=runner.close_fds(),
-            extra_fs_write=runner.extra_writable(),
-            on_launch=guard.launched,
-        )
+        sandbox = runner.sandbox_for(policy, policy_fn)
+        sandbox.close_fds = runner.close_fds()
+        sandbox.on_launch = guard.launched
         with warnings.catch_warnings(), guard:
             # Forking a threaded pytest (xdist workers) is what this plugin does on purpose.
             warnings.filterwarnings("ignore", message=_FORK_WARNING, category=DeprecationWarning)

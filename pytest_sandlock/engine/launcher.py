@@ -109,21 +109,32 @@ class CapabilityDrop:
     data: ctypes.Array[ctypes.c_uint32]
 
 
+_DROP_MASKS = tuple(
+    sum(1 << (cap - 32 * word) for cap in DROPPED_CAPABILITIES if cap // 32 == word) for word in (0, 1)
+)
+_cap_header = (ctypes.c_uint32 * 2)(_CAP_VERSION_3, 0)
+_cap_data = (ctypes.c_uint32 * 6)()
+_cap_drops: dict[tuple[int, ...], Optional[CapabilityDrop]] = {}
+
+
 def prepare_capability_drop() -> Optional[CapabilityDrop]:
     """Computed in the parent (the child inherits the same credentials), so that the child only
-    makes one syscall; None when there is nothing to drop (an ordinary user)."""
+    makes one syscall; None when there is nothing to drop (an ordinary user). One capget per
+    call; the result is cached per distinct capability state."""
+    _cap_header[1] = 0
+    if _libc_syscall(_NR_CAPGET, ctypes.addressof(_cap_header), ctypes.addressof(_cap_data)) != 0:
+        return None
+    current = tuple(_cap_data)
+    if current in _cap_drops:
+        return _cap_drops[current]
     header = (ctypes.c_uint32 * 2)(_CAP_VERSION_3, 0)
-    data = (ctypes.c_uint32 * 6)()
-    if _libc_syscall(_NR_CAPGET, ctypes.addressof(header), ctypes.addressof(data)) != 0:
-        return None
-    before = list(data)
-    for cap in DROPPED_CAPABILITIES:
-        word, bit = divmod(cap, 32)
-        for base in (0, 1, 2):  # effective, permitted, inheritable of each 32-bit half
-            data[word * 3 + base] &= ~(1 << bit) & 0xFFFFFFFF
-    if list(data) == before:
-        return None
-    return CapabilityDrop(header, data)
+    data = (ctypes.c_uint32 * 6)(*current)
+    for word in (0, 1):  # effective, permitted, inheritable of each 32-bit half
+        for base in (0, 1, 2):
+            data[word * 3 + base] &= ~_DROP_MASKS[word] & 0xFFFFFFFF
+    drop = None if tuple(data) == current else CapabilityDrop(header, data)
+    _cap_drops[current] = drop
+    return drop
 
 
 def drop_capabilities(prepared: Optional[CapabilityDrop]) -> None:
@@ -174,10 +185,14 @@ def launch(
     *,
     capture_output: bool = False,
     stdin_devnull: bool = False,
+    while_confining: Optional[Callable[[int], None]] = None,
 ) -> Launched:
     """Fork; the child confines itself and calls ``target(result_fd)``, which must not return normally.
 
     ``target`` writes its result to ``result_fd`` and ends the process (os._exit / exec).
+    ``while_confining(pid)`` runs in the parent right after the fork, while the child confines
+    itself (it cannot run anything of the caller's before the listener hand-off): bookkeeping put
+    there costs no time on the way to the test.
     """
     sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
     ack_r, ack_w = os.pipe2(os.O_CLOEXEC)
@@ -188,7 +203,6 @@ def launch(
     parent_only = [sync_r, ack_w, result_r, req_r, resp_w] + [r for r, _ in out_pipes]
     child_only = [sync_w, ack_r, result_w, req_w, resp_r] + [w for _, w in out_pipes]
     tree = ProcessTree()
-    tree.start()
     parent = os.getpid()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -236,12 +250,15 @@ def launch(
                 os._exit(71)
         os._exit(72)
     # ------------------------------------------------------------------------------------ parent
-    tree.root = pid
     for fd in child_only:
         os.close(fd)
     pidfd = -1
     try:
+        # The child forks nothing before the hand-off below: becoming a subreaper now is in time.
+        tree.start(root=pid)
         pidfd = os.pidfd_open(pid)
+        if while_confining is not None:
+            while_confining(pid)
         listener_fd, base = _receive_listener(sync_r, pidfd)
         grabbed = pidfd_getfd(pidfd, listener_fd)
         os.write(ack_w, b"k")

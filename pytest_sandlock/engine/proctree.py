@@ -10,6 +10,7 @@ every sandboxed process carries at least one more filter than the supervisor its
 from __future__ import annotations
 
 import atexit
+import ctypes
 import os
 import signal
 from collections.abc import Iterable
@@ -46,6 +47,18 @@ def descendants(roots: Iterable[int]) -> list[int]:
         seen.append(pid)
         stack.extend(_children_of(pid))
     return seen
+
+
+_flag = ctypes.c_int(0)
+_own_filters: tuple[int, int] = (0, -1)  # (pid, count): the count changes only if we install one
+
+
+def _own_filter_count() -> int:
+    global _own_filters
+    pid = os.getpid()
+    if _own_filters[0] != pid:
+        _own_filters = (pid, seccomp_filter_count(pid))
+    return _own_filters[1]
 
 
 def seccomp_filter_count(pid: int) -> int:
@@ -107,21 +120,18 @@ class ProcessTree:
         self.root = 0
         self.root_reaped = False
         self.root_status: Optional[int] = None
-        self._own_filters = seccomp_filter_count(os.getpid())
+        self._own_filters = _own_filter_count()
         self._children_before: set[int] = set()
-        self._was_subreaper = False
         self._became_subreaper = False
 
-    def start(self) -> None:
-        """Call before forking the root: snapshot our children and become a subreaper."""
-        self._children_before = set(_children_of(os.getpid()))
+    def start(self, root: int) -> None:
+        """Call right after forking ``root``, before it can fork anything: snapshot our other
+        children and become a subreaper."""
+        self.root = root
+        self._children_before = set(_children_of(os.getpid())) - {root}
         try:
-            import ctypes
-
-            flag = ctypes.c_int(0)
-            prctl(PR_GET_CHILD_SUBREAPER, ctypes.addressof(flag))
-            self._was_subreaper = bool(flag.value)
-            if not self._was_subreaper:
+            prctl(PR_GET_CHILD_SUBREAPER, ctypes.addressof(_flag))
+            if not _flag.value:
                 prctl(PR_SET_CHILD_SUBREAPER, 1)
                 self._became_subreaper = True
         except OSError:

@@ -155,7 +155,7 @@ class Sandbox:
         on_launch: Optional[Callable[[int], None]] = None,
     ) -> None:
         self.policy = policy if policy is not None else Policy()
-        self.on_launch = on_launch  # told the root pid of each run, before supervision starts
+        self.on_launch = on_launch  # told the root pid of each run, right after the fork
         self.policy_fn = policy_fn
         self.audit = audit
         self.close_fds = tuple(close_fds)
@@ -196,7 +196,6 @@ class Sandbox:
         timeout: Optional[float] = None,
         framed_result: bool = False,
     ) -> tuple[Supervisor, Any]:
-        reap_deferred()
         conf = Confinement(
             ruleset=self.ruleset,
             compiled=self.compiled,
@@ -205,7 +204,20 @@ class Sandbox:
             wait_killable=self.capabilities.wait_killable_recv,
             capability_drop=prepare_capability_drop(),
         )
-        launched = launch(conf, target, capture_output=capture_output, stdin_devnull=capture_output)
+        on_launch = self.on_launch
+
+        def while_confining(pid: int) -> None:
+            reap_deferred()
+            if on_launch is not None:
+                on_launch(pid)
+
+        launched = launch(
+            conf,
+            target,
+            capture_output=capture_output,
+            stdin_devnull=capture_output,
+            while_confining=while_confining,
+        )
         effective_timeout = timeout if timeout is not None else self.policy.timeout
         deadline = None if effective_timeout is None else time.monotonic() + effective_timeout
         supervisor: Optional[Supervisor] = None
@@ -233,8 +245,6 @@ class Sandbox:
                 memory_base=launched.memory_base,
                 framed_result=framed_result,
             )
-            if self.on_launch is not None:
-                self.on_launch(launched.pid)
             outcome = supervisor.run()
         except BaseException:
             # Interrupted (a signal handler raised, KeyboardInterrupt...): nothing may outlive this.
