@@ -14,7 +14,7 @@ import struct
 from dataclasses import dataclass
 from typing import Optional, Union
 
-from .syscalls import read_memory
+from .syscalls import read_memory, read_memory_spans
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 
@@ -119,6 +119,56 @@ def read_argv(pid: int, address: int) -> tuple[str, ...]:
             args.append(raw.decode("utf-8", "surrogateescape"))
         address += len(chunk)
     return tuple(args)
+
+
+_FIRST_READ = 256  # bytes of each exec string fetched by the batched read; longer ones are finished after
+
+
+def _to_page_end(address: int, limit: int) -> int:
+    return min(4096 - (address % 4096), limit)
+
+
+def _finish_cstring(pid: int, address: int, chunk: bytes, limit: int) -> bytes:
+    """``chunk`` was read at ``address``: the string if it holds the NUL, else the rest read on."""
+    nul = chunk.find(b"\0")
+    if nul >= 0:
+        return chunk[:nul]
+    if not chunk:
+        return read_cstring(pid, address, limit) or b""
+    return chunk + (read_cstring(pid, address + len(chunk), limit - len(chunk)) or b"")
+
+
+def read_exec_args(pid: int, path_address: int, argv_address: int) -> tuple[str, tuple[str, ...]]:
+    """An ``execve``'s path and argv in two ``process_vm_readv`` calls (path and pointer array,
+    then every argument's first bytes) instead of one read per string."""
+    spans = []
+    if path_address:
+        spans.append((path_address, _to_page_end(path_address, _FIRST_READ)))
+    if argv_address:
+        spans.append((argv_address, max(8, _to_page_end(argv_address, 8 * 64)) // 8 * 8))
+    chunks = read_memory_spans(pid, spans) if spans else []
+    path = _finish_cstring(pid, path_address, chunks[0], PATH_MAX) if path_address else b""
+    args: list[str] = []
+    if argv_address:
+        pointers: list[int] = []
+        table, address = chunks[-1], argv_address
+        while True:
+            if not table:
+                break
+            for (ptr,) in _PTR.iter_unpack(table[: len(table) // 8 * 8]):
+                if ptr == 0 or len(pointers) >= MAX_ARGV:
+                    table = b""
+                    break
+                pointers.append(ptr)
+            else:
+                address += len(table) // 8 * 8
+                table = read_memory(pid, address, max(8, 4096 - (address % 4096)) // 8 * 8)
+                continue
+            break
+        firsts = read_memory_spans(pid, [(p, _to_page_end(p, _FIRST_READ)) for p in pointers])
+        for ptr, first in zip(pointers, firsts):
+            args.append(_finish_cstring(pid, ptr, first, 65536).decode("utf-8", "surrogateescape"))
+    return path.decode("utf-8", "surrogateescape"), tuple(args)
 
 
 @dataclass(frozen=True)

@@ -41,7 +41,7 @@ from .policy import (
     coerce_verdict,
     is_path_within,
 )
-from .proctree import ProcessTree, _children_of, read_status
+from .proctree import ProcessTree, _children_of, read_ids
 from .syscalls import PIDFD_THREAD, forget_memory_fds, pidfd_getfd, pidfd_open
 
 PolicyFn = Callable[[SyscallEvent, PolicyContext], Any]
@@ -364,7 +364,7 @@ class Supervisor:
     def _proc(self, tid: int) -> tuple[int, int]:
         info = self._procinfo.get(tid)
         if info is None:
-            info = read_status(tid)
+            info = read_ids(tid, self._pidfds.get(tid, -1))
             self._procinfo[tid] = info
         return info
 
@@ -762,10 +762,26 @@ class Supervisor:
     def _on_exec(self, notif: Notification) -> None:
         is_at = notif.nr == _NR["execveat"]
         path_arg, argv_arg = (notif.args[1], notif.args[2]) if is_at else (notif.args[0], notif.args[1])
-        path = childmem.read_path(notif.pid, path_arg) or ""
-        argv = childmem.read_argv(notif.pid, argv_arg)
+        path, argv = childmem.read_exec_args(notif.pid, path_arg, argv_arg)
         if is_at and not path and notif.args[4] & AT_EMPTY_PATH:
             path = _readlink(f"/proc/{notif.pid}/fd/{_s32(notif.args[0])}") or ""
+        if self.policy_fn is None and not self.ctx.denied_paths():
+            # Nothing decides on what was read: the answer is "continue", given first so that the
+            # launch waits for no bookkeeping. The answer also validates the notification: if the
+            # caller died (and its pid was reused) before our reads, it fails and nothing is recorded.
+            pid, ppid = self._proc(notif.pid)  # before the answer: a quick exit would lose it
+            if self.listener.continue_(notif.id):
+                self.events.append(
+                    SyscallEvent(
+                        syscall="execveat" if is_at else "execve",
+                        category=SyscallCategory.PROCESS,
+                        pid=pid,
+                        parent_pid=ppid or None,
+                        argv=argv,
+                        path=path or None,
+                    )
+                )
+            return
         if not self.listener.id_valid(notif.id):
             return
         event = self._base_event(

@@ -171,6 +171,37 @@ def read_memory(pid: int, address: int, length: int) -> bytes:
     return _read_memory_vm(pid, address, length)
 
 
+def read_memory_spans(pid: int, spans: list[tuple[int, int]]) -> list[bytes]:
+    """Read several (address, length) spans of process ``pid`` with one ``process_vm_readv``.
+
+    The kernel stops at the first span it cannot read: that span comes back short (or empty) and
+    every later one empty. Used for a process about to exec, whose ``/proc/<pid>/mem`` would be
+    useless after this one notification.
+    """
+    count = min(len(spans), 1024)  # IOV_MAX
+    total = sum(length for _, length in spans[:count])
+    buf = ctypes.create_string_buffer(max(total, 1))
+    base = ctypes.addressof(buf)
+    local = (_IoVec * count)()
+    remote = (_IoVec * count)()
+    offset = 0
+    for i, (address, length) in enumerate(spans[:count]):
+        local[i].iov_base, local[i].iov_len = base + offset, length
+        remote[i].iov_base, remote[i].iov_len = address, length
+        offset += length
+    got = _process_vm_readv(pid, local, count, remote, count, 0)
+    got = max(got, 0)
+    raw = buf.raw
+    out: list[bytes] = []
+    offset = 0
+    for _, length in spans[:count]:
+        take = max(0, min(length, got - offset))
+        out.append(raw[offset : offset + take])
+        offset += length
+    out.extend(b"" for _ in spans[count:])
+    return out
+
+
 def _read_memory_vm(pid: int, address: int, length: int) -> bytes:
     buf = ctypes.create_string_buffer(length)
     local = _IoVec(ctypes.addressof(buf), length)

@@ -43,6 +43,43 @@ def test_exec_argv_events_from_call() -> None:
     assert not any(e.syscall in ("fork", "vfork", "clone") for e in result.events)
 
 
+def test_exec_argv_read_exactly_whatever_its_size() -> None:
+    """The supervisor reads argv in batches (first bytes of every string at once, then the rest of
+    the long ones, pointer tables past their first page): long and numerous arguments must come out
+    whole, in order."""
+    args = ["/bin/true", "x" * 5000, "", *[f"arg-{i}-" + "y" * (i % 300) for i in range(200)], "é-ünï"]
+
+    def body() -> int:
+        subprocess.run(args, check=True)
+        return os.getpid()
+
+    result = Sandbox(Policy(net=NET)).call(body)
+    event = only(result.events, syscall="execve")
+    assert event.argv == tuple(args)
+    assert (event.path, event.parent_pid) == ("/bin/true", result.value)
+
+
+def test_exec_from_a_thread_is_recorded_with_the_process_ids() -> None:
+    """An exec'ing thread's tid differs from its process id; the event carries the process's."""
+
+    def body() -> list[int]:
+        out: list[int] = []
+
+        def run() -> None:
+            out.append(subprocess.run(["/bin/true", "from-thread"]).returncode)
+
+        worker = threading.Thread(target=run)
+        worker.start()
+        worker.join()
+        return [os.getpid(), *out]
+
+    result = Sandbox(Policy(net=NET)).call(body)
+    root, code = result.value
+    event = only(result.events, syscall="execve")
+    assert code == 0 and event.argv == ("/bin/true", "from-thread")
+    assert event.parent_pid == root and event.pid != root
+
+
 def test_fork_family_events_recorded_under_a_process_limit() -> None:
     def body() -> int:
         subprocess.run(["/bin/true"], check=True)
