@@ -146,8 +146,9 @@ class SandlockSession:
                     longrepr.addsection("sandlock strict: denied operations", text)
                 else:
                     report.sections.append(("sandlock strict: denied operations", text))
-            info["events"] = [event_record(e) for e in record.events]
-            info["denials"] = [e.describe() for e in record.events if e.denied]
+            # Shared empty tuples for the common event-free test: nothing allocated per test.
+            info["events"] = [event_record(e) for e in record.events] if record.events else ()
+            info["denials"] = [e.describe() for e in record.events if e.denied] if record.events else ()
             if self.settings.audit:
                 info["audit"] = audit_digest(record.events, self.runner.temp_roots())
         report.sandlock = info  # type: ignore[attr-defined]

@@ -71,6 +71,9 @@ class Collector:
         self.mode = mode
         self.report_path = report_path
         self.tests: dict[str, dict[str, Any]] = {}
+        # Without a JSON report, a test with nothing to show is forgotten after its teardown, so that
+        # the pytest process does not grow with the number of tests; audit mode counts them.
+        self._clean_audited: set[str] = set()
 
     def add(self, report: pytest.TestReport) -> None:
         info = getattr(report, "sandlock", None)
@@ -88,6 +91,10 @@ class Collector:
             entry["denials"].extend(info.get("denials", ()))
             if info.get("audit") is not None:
                 entry["audit"] = info["audit"]
+        if report.when == "teardown" and self.report_path is None and not _worth_keeping(entry):
+            del self.tests[report.nodeid]
+            if self.mode == "audit" and entry["sandboxed"]:
+                self._clean_audited.add(report.nodeid)
 
     def json_data(self) -> dict[str, Any]:
         return {
@@ -139,8 +146,15 @@ class Collector:
             for key, label in (("net", "reached"), ("programs", "ran"), ("files", "wrote")):
                 for value in digest[key]:
                     terminal.write_line(f"    {label}: {value}")
-        audited = sum(1 for e in self.tests.values() if e["sandboxed"])
+        audited = sum(1 for e in self.tests.values() if e["sandboxed"]) + len(
+            self._clean_audited - self.tests.keys()
+        )
         terminal.write_line(f"{audited} test(s) audited, {shown} listed")
+
+
+def _worth_keeping(entry: dict[str, Any]) -> bool:
+    audit = entry["audit"]
+    return bool(entry["denials"]) or bool(audit and any(audit.values()))
 
 
 def _in_any(path: str, roots: Iterable[str]) -> bool:
