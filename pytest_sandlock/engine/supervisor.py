@@ -42,7 +42,7 @@ from .policy import (
     is_path_within,
 )
 from .proctree import ProcessTree, _children_of, read_ids
-from .syscalls import PIDFD_THREAD, forget_memory_fds, pidfd_getfd, pidfd_open
+from .syscalls import PIDFD_THREAD, forget_memory_fd, forget_memory_fds, pidfd_getfd, pidfd_open
 
 PolicyFn = Callable[[SyscallEvent, PolicyContext], Any]
 
@@ -384,6 +384,9 @@ class Supervisor:
 
         A cached pidfd whose thread died fails with ESRCH (it never reaches a newer thread that
         reused the tid): then the caches for that tid are dropped and the pidfd reopened once.
+        That includes the cached ``/proc/<tid>/mem``, which would still read the old thread's
+        memory while its process lives (harmless for this call, whose network operation uses
+        exactly the bytes that were checked, but wrong for the next ones).
         """
         try:
             return pidfd_getfd(self._pidfd(notif.pid), _s32(fd_arg))
@@ -393,6 +396,7 @@ class Supervisor:
                 raise
             os.close(stale)
             self._procinfo.pop(notif.pid, None)
+            forget_memory_fd(notif.pid)
             return pidfd_getfd(self._pidfd(notif.pid), _s32(fd_arg))
 
     # ------------------------------------------------------------------ verdicts

@@ -137,6 +137,14 @@ def forget_memory_fds() -> None:
     _seen_once.clear()
 
 
+def forget_memory_fd(pid: int) -> None:
+    """Drop the cached descriptor of one tid (it turned out to name another thread now)."""
+    fd = _mem_fds.pop(pid, None)
+    if fd is not None:
+        os.close(fd)
+    _seen_once.discard(pid)
+
+
 def _mem_fd(pid: int) -> int:
     fd = _mem_fds.get(pid)
     if fd is None:
