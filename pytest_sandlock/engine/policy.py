@@ -705,6 +705,10 @@ class PolicyContext:
             self._denied_paths.discard(normal)
             self._notify(DENIED_PATHS)
 
+    def has_path_denials(self) -> bool:
+        """True if any path is denied, statically (fs_deny) or live: the supervisor's fast check."""
+        return bool(self._policy.fs_deny or self._denied_paths)
+
     def denied_paths(self) -> frozenset[str]:
         """Paths denied dynamically with :meth:`deny_path` (static fs_deny not included)."""
         return frozenset(self._denied_paths)

@@ -244,6 +244,7 @@ class Sandbox:
                 deadline=deadline,
                 memory_base=launched.memory_base,
                 framed_result=framed_result,
+                landlock_enforced=conf.ruleset is not None,
             )
             outcome = supervisor.run()
         except BaseException:

@@ -39,7 +39,6 @@ from .policy import (
     SyscallEvent,
     Verdict,
     coerce_verdict,
-    is_path_within,
 )
 from .proctree import ProcessTree, _children_of, read_ids
 from .syscalls import PIDFD_THREAD, forget_memory_fd, forget_memory_fds, pidfd_getfd, pidfd_open
@@ -98,6 +97,9 @@ _PATH_CALLS: dict[str, tuple[tuple[Optional[int], int], ...]] = {
 }
 
 _PROCESS_CALLS = ("fork", "vfork", "clone")
+# Write-opens: Landlock refuses them outside the writable set by itself (chmod, chown and utimes
+# have no Landlock right: for those the supervisor's answer is the enforcement).
+_LANDLOCK_DECIDES = frozenset(("open", "openat", "creat"))
 # Reason of a connect/send to a unix socket path that does not exist (outside the writable paths).
 ABSENT_UNIX_SOCKET = "no such unix socket"
 _NAMES: dict[int, str] = {
@@ -163,14 +165,18 @@ class Supervisor:
         deadline: Optional[float] = None,
         memory_base: int = 0,
         framed_result: bool = False,
+        landlock_enforced: bool = False,
     ) -> None:
         self.listener = listener
+        self.landlock_enforced = landlock_enforced  # a Landlock ruleset confines the tree
         self.ctx = ctx
         self.tree = tree
         self.root_pid = root_pid
         self.root_pidfd = root_pidfd
         self.result_fd = result_fd
         self.writable = writable
+        self._writable_roots = frozenset(writable)
+        self._writable_prefixes = tuple(root.rstrip("/") + "/" for root in writable)
         self.policy_fn = policy_fn
         self.audit = audit
         self.channel = channel
@@ -865,15 +871,33 @@ class Supervisor:
                 targets.append(target or "")
             else:
                 targets.append(self._resolve(notif.pid, dirfd, raw))
+        follow = name in ("open", "openat", "creat", "truncate", "chmod", "chown", "utimes")
+        if (
+            self.landlock_enforced
+            and name in _LANDLOCK_DECIDES
+            and self.policy_fn is None
+            and not self.ctx.denied_paths()
+        ):
+            # Landlock alone decides whether this open passes (live denied paths and callbacks are
+            # the only verdicts of ours), so the call goes on at once and the event, with our
+            # prediction of Landlock's answer, is recorded after. The answer validates the
+            # notification: if the caller died before our read, it fails and nothing is recorded.
+            pid, ppid = self._proc(notif.pid)
+            if not self.listener.continue_(notif.id):
+                return
+            ok, reason = self._writable_targets(targets, follow)
+            event = SyscallEvent(
+                syscall=name,
+                category=SyscallCategory.FILE,
+                pid=pid,
+                parent_pid=ppid or None,
+                path=targets[-1] if targets else None,
+            )
+            self.events.append(self._decide(event, ok, reason)[2])
+            return
         if not self.listener.id_valid(notif.id):
             return
-        follow = name in ("open", "openat", "creat", "truncate", "chmod", "chown", "utimes")
-        ok, reason = True, ""
-        for target in targets:
-            real = _predict_real(target, follow)
-            if not self._is_writable(real):
-                ok, reason = False, "outside the writable paths"
-                break
+        ok, reason = self._writable_targets(targets, follow)
         shown = targets[-1] if targets else None
         event = self._base_event(notif, name, SyscallCategory.FILE, path=shown)
         allowed, err, event = self._decide(event, ok, reason)
@@ -882,6 +906,12 @@ class Supervisor:
             self.listener.continue_(notif.id)  # Landlock is the authority for what passes
         else:
             self.listener.fail(notif.id, err)
+
+    def _writable_targets(self, targets: list[str], follow: bool) -> tuple[bool, str]:
+        for target in targets:
+            if not self._is_writable(_predict_real(target, follow)):
+                return False, "outside the writable paths"
+        return True, ""
 
     def _resolve(self, pid: int, dirfd: int, path: str) -> str:
         path = _proc_self(path, pid)
@@ -893,9 +923,10 @@ class Supervisor:
     def _is_writable(self, path: str) -> bool:
         if not path.startswith("/"):
             return True  # pipe:[..], socket:[..], anon_inode: no path for Landlock to refuse
-        if self.ctx.path_denied(path):
+        if self.ctx.has_path_denials() and self.ctx.path_denied(path):
             return False
-        return any(is_path_within(path, root) for root in self.writable)
+        # One startswith over precomputed prefixes: this runs for every write-open.
+        return path in self._writable_roots or path.startswith(self._writable_prefixes)
 
     # ------------------------------------------------------------------ live policy
     def policy_changed(self, field_name: str) -> None:
