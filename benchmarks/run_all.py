@@ -4,6 +4,7 @@
 
 1. ``bench_plugin.py``: whole pytest runs, the six measurements of the performance issue;
 2. ``bench_engine.py``: the engine alone (connect, /bin/true, file writes, ``Sandbox.call``);
+   ``bench_machine.py``: what a write fault after a fork costs here (copy vs reuse);
 3. ``bench_vs_sandlock.py``: supervised connect and launch against the sandlock wheel. The wheel is
    installed (once) into a virtualenv under ``~/.cache/pytest-sandlock-bench``; where it is not
    installable (no network, another architecture), that table runs without the sandlock rows and
@@ -66,6 +67,7 @@ def main() -> None:
         [os.path.join(HERE, "bench_plugin.py"), "--rounds", plugin_rounds],
     )
     failed |= _run("engine", [os.path.join(HERE, "bench_engine.py"), "--rounds", engine_rounds])
+    failed |= _run("the machine: page faults after a fork", [os.path.join(HERE, "bench_machine.py")])
     vs = [os.path.join(HERE, "bench_vs_sandlock.py"), "--rounds", engine_rounds]
     if args.no_sandlock:
         print("\n(sandlock comparison skipped: --no-sandlock)")
