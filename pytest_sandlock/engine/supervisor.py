@@ -102,6 +102,9 @@ _PROCESS_CALLS = ("fork", "vfork", "clone")
 _LANDLOCK_DECIDES = frozenset(("open", "openat", "creat"))
 # Reason of a connect/send to a unix socket path that does not exist (outside the writable paths).
 ABSENT_UNIX_SOCKET = "no such unix socket"
+# os.path.realpath checks "is a link" then reads it: a component swapped in between (a racing
+# rename) makes it fail. Whatever was racing, the answer is a denial, not an internal error.
+PATH_RACE = "path changed while being checked"
 _NAMES: dict[int, str] = {
     _nr(n): n
     for n in (
@@ -468,7 +471,9 @@ class Supervisor:
         if not path:
             return False, "empty unix socket path"
         resolved = self._resolve(pid, AT_FDCWD, path)
-        real = os.path.realpath(resolved)
+        real = _realpath(resolved)
+        if real is None:
+            return False, PATH_RACE
         self._unix_checked = {(pid, path): real}  # what _unix_target hands to netops: no 2nd realpath
         if self._is_writable(real):
             return True, ""
@@ -636,10 +641,13 @@ class Supervisor:
                 ok, reason = netops.bind_allowed(self.ctx, pid, protocol, addr)
             elif addr.family == socket.AF_UNIX and addr.unix_path:
                 parent, name = os.path.split(self._resolve(pid, AT_FDCWD, addr.unix_path))
-                real_parent = os.path.realpath(parent or "/")
-                bind_path = os.path.join(real_parent, name)  # bound exactly where it was checked
-                ok = self._is_writable(real_parent)
-                reason = "" if ok else f"cannot create a unix socket in {parent}: not writable"
+                real_parent = _realpath(parent or "/")
+                bind_path = os.path.join(real_parent or "/", name)  # bound exactly where it was checked
+                ok = real_parent is not None and self._is_writable(real_parent)
+                if real_parent is None:
+                    reason = PATH_RACE
+                else:
+                    reason = "" if ok else f"cannot create a unix socket in {parent}: not writable"
             elif addr.family in (socket.AF_UNIX, socket.AF_NETLINK, socket.AF_UNSPEC):
                 ok, reason = True, ""  # abstract/autobind unix names, netlink: nothing leaves the host
             else:
@@ -800,7 +808,8 @@ class Supervisor:
         denied_path = False
         if path and self.ctx.denied_paths():  # static fs_deny is Landlock's job; live ones are ours
             resolved = self._resolve(notif.pid, AT_FDCWD, path)
-            denied_path = self.ctx.path_denied(os.path.realpath(resolved))
+            real = _realpath(resolved)
+            denied_path = real is None or self.ctx.path_denied(real)
         allowed, err, event = self._decide(event, not denied_path, "path denied by the live policy")
         self.events.append(event)
         if allowed:
@@ -909,7 +918,11 @@ class Supervisor:
 
     def _writable_targets(self, targets: list[str], follow: bool) -> tuple[bool, str]:
         for target in targets:
-            if not self._is_writable(_predict_real(target, follow)):
+            try:
+                real = _predict_real(target, follow)
+            except OSError:
+                return False, PATH_RACE
+            if not self._is_writable(real):
                 return False, "outside the writable paths"
         return True, ""
 
@@ -1032,6 +1045,14 @@ def _vm_size(pid: int) -> int:
     except (OSError, ValueError, IndexError):
         pass
     return 0
+
+
+def _realpath(path: str) -> Optional[str]:
+    """``os.path.realpath``, or None when the path changed under it (see PATH_RACE)."""
+    try:
+        return os.path.realpath(path)
+    except OSError:
+        return None
 
 
 def _readlink(path: str) -> Optional[str]:

@@ -162,6 +162,7 @@ def directory_swap_race(tmp: str, outside_dir: str, tries: int) -> dict[object, 
 
 
 @pytest.mark.sandbox(net=LOCAL)
+@pytest.mark.filterwarnings("error:sandlock:pytest.PytestWarning")  # a racing path is a denial, not an error
 def test_directory_swap_race_reaches_nothing(outside: Outside, tmp_path: Path) -> None:
     counts = directory_swap_race(str(tmp_path), outside.dir, SWAPS)
     assert set(counts) <= {0, errno.EACCES, errno.ENOENT}, counts
