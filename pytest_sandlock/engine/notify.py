@@ -46,6 +46,23 @@ class Listener:
         self.fd = fd
         self._buf = bytearray(_NOTIF.size)
         self.sync_wakeup = self._try_sync_wakeup()
+        self._sync_on = self.sync_wakeup
+
+    def set_sync(self, on: bool) -> None:
+        """Switch synchronous wake-ups on or off (one ioctl, only when the state changes).
+
+        They halve a network round trip, whose caller resumes at once on the supervisor's CPU.
+        For an ``execve`` they hurt: the new program lands on that CPU and the launching process,
+        woken by the exec, queues behind it (seen with ``perf sched``) while the other CPU idles.
+        So the supervisor turns them off when it continues an exec and back on for network calls.
+        """
+        if self._sync_on == on or not self.sync_wakeup:
+            return
+        try:
+            fcntl.ioctl(self.fd, IOCTL_NOTIF_SET_FLAGS, USER_NOTIF_FD_SYNC_WAKE_UP if on else 0)
+            self._sync_on = on
+        except OSError:
+            pass
 
     def _try_sync_wakeup(self) -> bool:
         # Wakes the supervisor on the CPU the child sleeps on: 35-48 us -> 8-9 us per round trip (6.6+).

@@ -526,6 +526,7 @@ class Supervisor:
                 )
                 sock = -1
                 return
+            self.listener.set_sync(True)
             # Our duplicate goes before the answer: the child may close its descriptor at once,
             # and the last close (the TCP teardown) then happens in the child, as without a sandbox.
             os.close(sock)
@@ -666,6 +667,7 @@ class Supervisor:
                 result = netops.bind(sock, addr)
             if result == 0 and addr.abstract is not None:
                 self._abstract_bound.add(addr.abstract)
+            self.listener.set_sync(True)
             self.listener.reply(notif.id, result)
         finally:
             os.close(sock)
@@ -706,6 +708,7 @@ class Supervisor:
             return
         os.close(sock)
         self.events.append(event)
+        self.listener.set_sync(True)
         self.listener.reply(nid, result)
 
     def _on_sendmsg(self, notif: Notification) -> None:
@@ -788,6 +791,7 @@ class Supervisor:
             # launch waits for no bookkeeping. The answer also validates the notification: if the
             # caller died (and its pid was reused) before our reads, it fails and nothing is recorded.
             pid, ppid = self._proc(notif.pid)  # before the answer: a quick exit would lose it
+            self.listener.set_sync(False)
             if self.listener.continue_(notif.id):
                 self.events.append(
                     SyscallEvent(
@@ -813,6 +817,7 @@ class Supervisor:
         allowed, err, event = self._decide(event, not denied_path, "path denied by the live policy")
         self.events.append(event)
         if allowed:
+            self.listener.set_sync(False)
             self.listener.continue_(notif.id)  # execve cannot be performed on behalf; Landlock enforces
         else:
             self.listener.fail(notif.id, err)
