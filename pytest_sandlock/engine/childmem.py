@@ -104,23 +104,6 @@ def read_path(pid: int, address: int) -> Optional[str]:
     return None if raw is None else raw.decode("utf-8", "surrogateescape")
 
 
-def read_argv(pid: int, address: int) -> tuple[str, ...]:
-    """argv as the caller passed it (informational: the kernel re-reads it after 'continue')."""
-    args: list[str] = []
-    while address and len(args) < MAX_ARGV:
-        # Read the pointer array up to the end of its page in one go.
-        chunk = read_memory(pid, address, max(8, 4096 - (address % 4096)) // 8 * 8)
-        if not chunk:
-            break
-        for (ptr,) in _PTR.iter_unpack(chunk):
-            if ptr == 0 or len(args) >= MAX_ARGV:
-                return tuple(args)
-            raw = read_cstring(pid, ptr, 65536) or b""
-            args.append(raw.decode("utf-8", "surrogateescape"))
-        address += len(chunk)
-    return tuple(args)
-
-
 _FIRST_READ = 256  # bytes of each exec string fetched by the batched read; longer ones are finished after
 
 
