@@ -97,9 +97,20 @@ _PATH_CALLS: dict[str, tuple[tuple[Optional[int], int], ...]] = {
 }
 
 _PROCESS_CALLS = ("fork", "vfork", "clone")
-# Write-opens: Landlock refuses them outside the writable set by itself (chmod, chown and utimes
-# have no Landlock right: for those the supervisor's answer is the enforcement).
-_LANDLOCK_DECIDES = frozenset(("open", "openat", "creat"))
+_OPEN_FLAGS_ARG = {"open": 1, "openat": 2}
+
+
+def _opens_for_writing(name: str, args: tuple[int, ...]) -> bool:
+    """An open whose outcome Landlock decides exactly as the supervisor predicts: one asking for
+    write access (refused outside the writable set). An O_CREAT with read access only succeeds on
+    an existing file, which the prediction cannot tell; chmod, chown and utimes have no Landlock
+    right at all. Those are decided by the supervisor before they run."""
+    if name == "creat":
+        return True
+    index = _OPEN_FLAGS_ARG.get(name)
+    return index is not None and (args[index] & os.O_ACCMODE) in (os.O_WRONLY, os.O_RDWR)
+
+
 # Reason of a connect/send to a unix socket path that does not exist (outside the writable paths).
 ABSENT_UNIX_SOCKET = "no such unix socket"
 # os.path.realpath checks "is a link" then reads it: a component swapped in between (a racing
@@ -888,7 +899,7 @@ class Supervisor:
         follow = name in ("open", "openat", "creat", "truncate", "chmod", "chown", "utimes")
         if (
             self.landlock_enforced
-            and name in _LANDLOCK_DECIDES
+            and _opens_for_writing(name, notif.args)
             and self.policy_fn is None
             and not self.ctx.denied_paths()
         ):

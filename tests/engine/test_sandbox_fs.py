@@ -101,6 +101,41 @@ def test_existing_repo_file_cannot_be_modified(repo_dir: Path) -> None:
     assert len(result.denials) == 3
 
 
+def test_outcome_and_event_agree_for_every_open_mode(repo_dir: Path) -> None:
+    """Write-opens are continued at once and recorded after (Landlock decides); an open that only
+    *might* write (O_CREAT with read access, on a file that exists) is decided first. In every case
+    the errno the test sees and the event recorded must tell the same story."""
+    victim = str(repo_dir / "pyproject.toml")
+    modes = {
+        "rdonly": os.O_RDONLY,
+        "rdonly|creat": os.O_RDONLY | os.O_CREAT,
+        "wronly": os.O_WRONLY,
+        "rdwr": os.O_RDWR,
+        "wronly|append": os.O_WRONLY | os.O_APPEND,
+    }
+
+    def body() -> dict[str, object]:
+        out: dict[str, object] = {}
+        for name, flags in modes.items():
+            try:
+                os.close(os.open(victim, flags))
+                out[name] = "opened"
+            except OSError as exc:
+                out[name] = exc.errno
+        return out
+
+    result = Sandbox(Policy(net=NET)).call(body)
+    assert result.value == {
+        "rdonly": "opened",
+        "rdonly|creat": errno.EACCES,
+        "wronly": errno.EACCES,
+        "rdwr": errno.EACCES,
+        "wronly|append": errno.EACCES,
+    }
+    opens = [e for e in result.events if e.category is SyscallCategory.FILE and e.path == victim]
+    assert [(e.denied, e.errno) for e in opens] == [(True, errno.EACCES)] * 4
+
+
 def test_path_mutations_outside_writable_set_denied(tmp_path: Path, repo_dir: Path) -> None:
     existing = repo_dir / "pyproject.toml"
 
