@@ -17,7 +17,15 @@ from typing import Any, Optional
 from . import landlock
 from .notify import IOCTL_NOTIF_SET_FLAGS, USER_NOTIF_FD_SYNC_WAKE_UP
 from .seccomp_filter import FLAG_NEW_LISTENER, FLAG_WAIT_KILLABLE_RECV, SECCOMP_SET_MODE_FILTER
-from .syscalls import PIDFD_THREAD, PR_SET_NO_NEW_PRIVS, pidfd_getfd, pidfd_open, prctl, seccomp
+from .syscalls import (
+    PIDFD_THREAD,
+    PR_SET_NO_NEW_PRIVS,
+    pidfd_getfd,
+    pidfd_open,
+    prctl,
+    read_memory_spans,
+    seccomp,
+)
 
 SECCOMP_RET_ALLOW = 0x7FFF0000
 
@@ -84,14 +92,21 @@ class _Fprog(ctypes.Structure):
     _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_Filter))]
 
 
+_MARKER = b"pytest-sandlock memory probe"
+
+
 def _probe_seccomp() -> dict[str, bool]:
-    """Install an allow-all filter with a listener in a forked child and report what worked."""
+    """Install an allow-all filter with a listener in a forked child and report what worked; then
+    read the child's memory as the supervisor will (Yama's ptrace_scope 2 or 3 forbids it)."""
     read_fd, write_fd = os.pipe()
+    done_r, done_w = os.pipe()
+    marker = ctypes.create_string_buffer(_MARKER)
     pid = os.fork()
     if pid == 0:
         result = {"listener": False, "killable": False, "sync": False}
         try:
             os.close(read_fd)
+            os.close(done_w)
             prctl(PR_SET_NO_NEW_PRIVS, 1)
             insns = (_Filter * 1)(_Filter(0x06, 0, 0, SECCOMP_RET_ALLOW))
             prog = _Fprog(1, insns)
@@ -114,18 +129,34 @@ def _probe_seccomp() -> dict[str, bool]:
                 break
         finally:
             os.write(write_fd, json.dumps(result).encode())
+            os.read(done_r, 1)  # alive (and unchanged) while the parent reads its memory
             os._exit(0)
     os.close(write_fd)
+    os.close(done_r)
+    memory = False
     try:
         data = os.read(read_fd, 4096)
+        try:
+            memory = read_memory_spans(pid, [(ctypes.addressof(marker), len(_MARKER))]) == [_MARKER]
+        except OSError:
+            memory = False
     finally:
         os.close(read_fd)
+        os.close(done_w)
         os.waitpid(pid, 0)
     try:
         parsed = json.loads(data)
     except ValueError:
         parsed = {}
-    return {k: bool(parsed.get(k)) for k in ("listener", "killable", "sync")}
+    return {**{k: bool(parsed.get(k)) for k in ("listener", "killable", "sync")}, "memory": memory}
+
+
+def _ptrace_scope() -> str:
+    try:
+        with open("/proc/sys/kernel/yama/ptrace_scope") as fh:
+            return fh.read().strip()
+    except OSError:
+        return "unknown (no Yama)"
 
 
 def _probe_pidfd() -> tuple[bool, bool]:
@@ -172,7 +203,11 @@ def probe(refresh: bool = False) -> Capabilities:
     arch = platform.machine()
     info = landlock.describe()
     abi = int(info.get("abi", 0))
-    sec = _probe_seccomp() if arch == "x86_64" else {"listener": False, "killable": False, "sync": False}
+    sec = (
+        _probe_seccomp()
+        if arch == "x86_64"
+        else {"listener": False, "killable": False, "sync": False, "memory": False}
+    )
     getfd, thread = _probe_pidfd()
     caps = Capabilities(
         arch=arch,
@@ -190,6 +225,11 @@ def probe(refresh: bool = False) -> Capabilities:
         caps.problems.append("seccomp user notification is unavailable (needs Linux 5.0+)")
     if not getfd:
         caps.problems.append("pidfd_getfd is unavailable (needs Linux 5.6+)")
+    if caps.seccomp_listener and not sec["memory"]:
+        caps.problems.append(
+            "cannot read a child process's memory (process_vm_readv refused: Yama ptrace_scope "
+            f"is {_ptrace_scope()}); the supervisor must read syscall arguments"
+        )
     if abi == 0:
         caps.warnings.append("Landlock is unavailable: no filesystem ceilings")
     elif abi < 4:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from . import capabilities, landlock, seccomp_filter
-from .errors import ChildException, SandboxCrash
+from .errors import ChildException, KernelFeatureError, SandboxCrash
 from .launcher import Confinement, close_launched, exec_target, launch, prepare_capability_drop
 from .policy import Policy, PolicyContext, SyscallEvent, tcp_ports_of
 from .proctree import reap_deferred
@@ -196,6 +196,8 @@ class Sandbox:
         timeout: Optional[float] = None,
         framed_result: bool = False,
     ) -> tuple[Supervisor, Any]:
+        if self.capabilities.problems:  # e.g. child memory unreadable: nothing could be decided
+            raise KernelFeatureError("; ".join(self.capabilities.problems))
         conf = Confinement(
             ruleset=self.ruleset,
             compiled=self.compiled,
