@@ -29,6 +29,7 @@ def _check(args: argparse.Namespace) -> int:
     print(f"  sync wake-up:        {'yes' if caps.sync_wakeup else 'no'}")
     print(f"pidfd_getfd:           {'yes' if caps.pidfd_getfd else 'NO'}")
     print(f"PIDFD_THREAD:          {'yes' if caps.pidfd_thread else 'no'}")
+    print(f"child memory readable: {'yes' if caps.child_memory else 'NO'}")
     for note in caps.notes:
         print(f"note: {note}")
     for warning in caps.warnings:

@@ -40,6 +40,7 @@ class Capabilities:
     sync_wakeup: bool
     pidfd_getfd: bool
     pidfd_thread: bool
+    child_memory: bool = True  # process_vm_readv on a child works (Yama may refuse it)
     problems: list[str] = field(default_factory=list)  # sandboxing cannot work
     warnings: list[str] = field(default_factory=list)  # works, with less enforced (strict: an error)
     notes: list[str] = field(default_factory=list)  # works as well, only slower
@@ -72,6 +73,7 @@ class Capabilities:
             "sync_wakeup": self.sync_wakeup,
             "pidfd_getfd": self.pidfd_getfd,
             "pidfd_thread": self.pidfd_thread,
+            "child_memory": self.child_memory,
             "usable": self.usable,
             "problems": self.problems,
             "warnings": self.warnings,
@@ -218,6 +220,7 @@ def probe(refresh: bool = False) -> Capabilities:
         sync_wakeup=sec["sync"],
         pidfd_getfd=getfd,
         pidfd_thread=thread,
+        child_memory=sec["memory"],
     )
     if arch != "x86_64":
         caps.problems.append(f"architecture {arch} is not supported (x86-64 only)")
