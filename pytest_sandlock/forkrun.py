@@ -780,8 +780,11 @@ def run_call(item: pytest.Item, runtest: Callable[[], None], spec: SandboxSpec, 
         sandbox = runner.sandbox_for(policy, policy_fn)
         sandbox.close_fds = runner.close_fds()
         sandbox.on_launch = guard.launched
-        with _quiet_fork_warning(), guard:
-            result = sandbox.call(_child_main, item, runtest, coverage)
+        try:
+            with _quiet_fork_warning(), guard:
+                result = sandbox.call(_child_main, item, runtest, coverage)
+        finally:
+            sandbox.on_launch = None  # the shared Sandbox must not keep this test's guard alive
         out = result.value
         record.events = list(result.events)
         for text in [*getattr(result, "internal_errors", ()), *out.get("internal", ())]:
