@@ -93,6 +93,18 @@ def pytest_runtest_call(item):
             pytest.fail("the forked test failed")
         item.runtest = lambda: None
 
+_protocol = []
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_protocol(item, nextitem):
+    start = time.perf_counter()
+    yield
+    _protocol.append(time.perf_counter() - start)
+
+def pytest_unconfigure(config):
+    if os.environ.get("BENCH_FORK") and _protocol:
+        _record("protocol", statistics.median(_protocol[20:] or _protocol))
+
 @pytest.fixture(scope="session", autouse=True)
 def bare_fork_cost():
     if os.environ.get("BENCH_FORK"):
@@ -211,6 +223,8 @@ def main() -> None:
     plain_t: list[float] = []
     strict_t: list[float] = []
     forks: list[float] = []
+    plain_p: list[float] = []  # median time of one test's runtest protocol, per run
+    strict_p: list[float] = []
     floor_t: dict[str, list[float]] = {"fork": [], "naive": []}
     plain_x, strict_x = [], []
     work: dict[str, dict[str, list[float]]] = {
@@ -219,8 +233,10 @@ def main() -> None:
     for _ in range(args.rounds):
         plain_t.append(_pytest(root, out, "test_trivial.py", env_extra={"BENCH_FORK": "1"}))
         round_forks = _read(out, "fork")
+        plain_p.extend(_read(out, "protocol"))
         strict_t.append(_pytest(root, out, "test_trivial.py", strict, env_extra={"BENCH_FORK": "1"}))
         round_forks += _read(out, "fork")
+        strict_p.extend(_read(out, "protocol"))
         forks.append(statistics.median(round_forks))
         for floor in floor_t:
             floor_t[floor].append(_pytest(root, out, "test_trivial.py", env_extra={"BENCH_FLOOR": floor}))
@@ -252,6 +268,14 @@ def main() -> None:
             f"{fork * 1e3:.2f} ms (fork)",
             f"{extra * 1e3:.2f} ms",
             _ratio(per_test_vs_fork(strict_t)),
+        )
+    )
+    rows.append(
+        (
+            "  same, timed inside pytest (runtest protocol)",
+            f"{statistics.median(plain_p) * 1e3:.2f} ms (plain)",
+            f"{statistics.median(strict_p) * 1e3:.2f} ms",
+            _ratio([(b - p) / f for b, p, f in zip(strict_p, plain_p, forks)]),
         )
     )
     for floor, label in (
