@@ -673,6 +673,8 @@ def _safe_str(obj: object) -> str:
 
 
 def _deliver_outputs(config: pytest.Config, out: dict[str, Any]) -> None:
+    if not (any(out.get("captures", {}).values()) or out.get("log") or out.get("warnings")):
+        return  # the common case: nothing was printed, logged or warned
     captures = _memory_captures(config)
     for key, data in out.get("captures", {}).items():
         buf = captures.get(key)
