@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Tuple, TypedDict
 
 from .errors import KernelFeatureError, PolicyError, SandboxError
+from .syscalls import prctl, raw_syscall
 
 __all__ = [
     "LandlockInfo",
@@ -175,19 +176,9 @@ class _NetPortAttr(ctypes.Structure):
     _fields_ = [("allowed_access", ctypes.c_uint64), ("port", ctypes.c_uint64)]
 
 
-_libc = ctypes.CDLL(None, use_errno=True)
-_libc.syscall.restype = ctypes.c_long
-_libc.prctl.restype = ctypes.c_int
-
-
 def _syscall(number: int, *args: int) -> int:
     """Run a raw system call with integer/pointer arguments; raise OSError on failure."""
-    # syscall() is variadic: pass every argument as a full-width long so none is truncated.
-    result = int(_libc.syscall(ctypes.c_long(number), *(ctypes.c_long(a) for a in args)))
-    if result < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return result
+    return raw_syscall(number, *args)
 
 
 # --- what the kernel supports ---------------------------------------------------------------------
@@ -566,11 +557,10 @@ def clear_cache() -> None:
 
 def set_no_new_privs() -> None:
     """prctl(PR_SET_NO_NEW_PRIVS, 1): required before restrict_self without CAP_SYS_ADMIN."""
-    if _libc.prctl(
-        PR_SET_NO_NEW_PRIVS, ctypes.c_ulong(1), ctypes.c_ulong(0), ctypes.c_ulong(0), ctypes.c_ulong(0)
-    ):
-        err = ctypes.get_errno()
-        raise OSError(err, f"prctl(PR_SET_NO_NEW_PRIVS): {os.strerror(err)}")
+    try:
+        prctl(PR_SET_NO_NEW_PRIVS, 1)
+    except OSError as exc:
+        raise OSError(exc.errno, f"prctl(PR_SET_NO_NEW_PRIVS): {exc.strerror}") from None
 
 
 def restrict_self(ruleset: Ruleset) -> None:

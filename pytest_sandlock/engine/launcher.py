@@ -33,7 +33,7 @@ from .channel import ChannelServer, LivePolicyClient, _install_client
 from .errors import KernelFeatureError, SandboxError
 from .notify import Listener
 from .proctree import ProcessTree
-from .syscalls import PR_SET_PDEATHSIG, _syscall, pidfd_getfd, prctl
+from .syscalls import PR_SET_PDEATHSIG, pidfd_getfd, prctl, raw_syscall
 
 _SYNC = struct.Struct("=iQ")
 HANDOFF_TIMEOUT = 30.0
@@ -103,10 +103,18 @@ _NR_CAPSET = 126
 
 @dataclass
 class CapabilityDrop:
-    """A ready ``capset()`` argument: this process's capabilities minus DROPPED_CAPABILITIES."""
+    """A ready ``capset()`` argument: this process's capabilities minus DROPPED_CAPABILITIES.
+
+    The addresses are computed here so that the child's single call touches nothing else."""
 
     header: ctypes.Array[ctypes.c_uint32]
     data: ctypes.Array[ctypes.c_uint32]
+    header_address: int = 0
+    data_address: int = 0
+
+    def __post_init__(self) -> None:
+        self.header_address = ctypes.addressof(self.header)
+        self.data_address = ctypes.addressof(self.data)
 
 
 _DROP_MASKS = tuple(
@@ -115,6 +123,8 @@ _DROP_MASKS = tuple(
 _cap_header = (ctypes.c_uint32 * 2)(_CAP_VERSION_3, 0)
 _cap_data = (ctypes.c_uint32 * 6)()
 _cap_drops: dict[tuple[int, ...], Optional[CapabilityDrop]] = {}
+_CAP_HEADER_ADDRESS = ctypes.addressof(_cap_header)
+_CAP_DATA_ADDRESS = ctypes.addressof(_cap_data)
 
 
 def prepare_capability_drop() -> Optional[CapabilityDrop]:
@@ -122,7 +132,9 @@ def prepare_capability_drop() -> Optional[CapabilityDrop]:
     makes one syscall; None when there is nothing to drop (an ordinary user). One capget per
     call; the result is cached per distinct capability state."""
     _cap_header[1] = 0
-    if _libc_syscall(_NR_CAPGET, ctypes.addressof(_cap_header), ctypes.addressof(_cap_data)) != 0:
+    try:
+        raw_syscall(_NR_CAPGET, _CAP_HEADER_ADDRESS, _CAP_DATA_ADDRESS)
+    except OSError:
         return None
     current = tuple(_cap_data)
     if current in _cap_drops:
@@ -142,13 +154,10 @@ def drop_capabilities(prepared: Optional[CapabilityDrop]) -> None:
     set needs no change: no_new_privs, set next, keeps execve from granting anything back."""
     if prepared is None:
         return
-    header, data = prepared.header, prepared.data
-    if _libc_syscall(_NR_CAPSET, ctypes.addressof(header), ctypes.addressof(data)) != 0:
-        raise OSError(ctypes.get_errno(), "capset failed while dropping capabilities")
-
-
-def _libc_syscall(number: int, *args: int) -> int:
-    return int(_syscall(ctypes.c_long(number), *(ctypes.c_void_p(a) for a in args)))
+    try:
+        raw_syscall(_NR_CAPSET, prepared.header_address, prepared.data_address)
+    except OSError as exc:
+        raise OSError(exc.errno, "capset failed while dropping capabilities") from None
 
 
 def _child_confine(conf: Confinement, parent: int, sync_w: int) -> int:

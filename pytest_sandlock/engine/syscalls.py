@@ -26,8 +26,6 @@ PR_GET_CHILD_SUBREAPER = 37
 
 PIDFD_THREAD = os.O_EXCL  # pidfd_open(tid, PIDFD_THREAD): a pidfd for a thread, kernel 6.9+
 
-_syscall = _libc.syscall
-_syscall.restype = ctypes.c_long
 
 _prctl = _libc.prctl
 _prctl.restype = ctypes.c_int
@@ -95,29 +93,30 @@ def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 
 
 
 def pidfd_open(pid: int, flags: int = 0) -> int:
-    return _check(_syscall(ctypes.c_long(NR_PIDFD_OPEN), ctypes.c_long(pid), ctypes.c_long(flags)))
+    return raw_syscall(NR_PIDFD_OPEN, pid, flags)
 
 
-# A prototyped syscall(2) for the per-notification call: no c_long objects built per call.
-_syscall3 = ctypes.CFUNCTYPE(
-    ctypes.c_long, ctypes.c_long, ctypes.c_long, ctypes.c_long, ctypes.c_long, use_errno=True
+# syscall(2) with a fixed prototype (number + four longs): no c_long objects built per call, which
+# matters in a just-forked child where every new object is a copy-on-write page fault. (glibc's
+# syscall() only moves registers, so the fixed prototype is safe for the variadic function.)
+_syscall5 = ctypes.CFUNCTYPE(
+    ctypes.c_long, ctypes.c_long, ctypes.c_long, ctypes.c_long, ctypes.c_long, ctypes.c_long, use_errno=True
 )(("syscall", _libc))
+
+
+def raw_syscall(number: int, a: int = 0, b: int = 0, c: int = 0, d: int = 0) -> int:
+    """A system call with integer or address arguments; OSError on failure."""
+    return _check(_syscall5(number, a, b, c, d))
 
 
 def pidfd_getfd(pidfd: int, targetfd: int) -> int:
     """Duplicate ``targetfd`` of the process behind ``pidfd`` into this process (close-on-exec)."""
-    return _check(_syscall3(NR_PIDFD_GETFD, pidfd, targetfd, 0))
+    return _check(_syscall5(NR_PIDFD_GETFD, pidfd, targetfd, 0, 0))
 
 
 def seccomp(operation: int, flags: int, prog: ctypes.c_void_p | int | None) -> int:
-    return _check(
-        _syscall(
-            ctypes.c_long(NR_SECCOMP),
-            ctypes.c_long(operation),
-            ctypes.c_long(flags),
-            ctypes.c_void_p(prog if isinstance(prog, int) else (prog.value if prog is not None else 0)),
-        )
-    )
+    address = prog if isinstance(prog, int) else (prog.value or 0 if prog is not None else 0)
+    return raw_syscall(NR_SECCOMP, operation, flags, address)
 
 
 # /proc/<tid>/mem descriptors, kept open: one pread beats a ctypes process_vm_readv by microseconds
