@@ -195,13 +195,19 @@ class LivePolicyClient:
 
 
 _client: Optional[LivePolicyClient] = None
+_client_fds: Optional[tuple[int, int]] = None  # set in the confined child; the client is built on use
 
 
 def client() -> Optional[LivePolicyClient]:
     """The live policy of the sandbox this process runs in, or None outside any sandbox."""
+    global _client, _client_fds
+    if _client_fds is not None:
+        _client, _client_fds = LivePolicyClient(*_client_fds), None
     return _client
 
 
-def _install_client(instance: Optional[LivePolicyClient]) -> None:
-    global _client
-    _client = instance
+def _install_client(request_fd: int, response_fd: int) -> None:
+    """Called by the launcher in the child, before the test: only two ints are stored (an object
+    built here would cost page faults in every sandboxed test, most of which never use it)."""
+    global _client, _client_fds
+    _client, _client_fds = None, (request_fd, response_fd)

@@ -29,13 +29,14 @@ from dataclasses import dataclass
 from typing import Optional
 
 from . import landlock, seccomp_filter
-from .channel import ChannelServer, LivePolicyClient, _install_client
+from .channel import ChannelServer, _install_client
 from .errors import KernelFeatureError, SandboxError
 from .notify import Listener
 from .proctree import ProcessTree
 from .syscalls import PR_SET_PDEATHSIG, pidfd_getfd, prctl, raw_syscall
 
 _SYNC = struct.Struct("=iQ")
+_SIGKILL = int(signal.SIGKILL)  # a plain int: the child touches no enum object for it
 HANDOFF_TIMEOUT = 30.0
 
 
@@ -162,7 +163,7 @@ def drop_capabilities(prepared: Optional[CapabilityDrop]) -> None:
 
 def _child_confine(conf: Confinement, parent: int, sync_w: int) -> int:
     """Confine this (child) process; returns the listener fd, reported to the parent but still open."""
-    prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    prctl(PR_SET_PDEATHSIG, _SIGKILL)
     if os.getppid() != parent:  # the parent died between fork and prctl
         os._exit(1)
     base = 0
@@ -249,7 +250,7 @@ def launch(
                         os.close(fd)
                     except OSError:
                         pass
-            _install_client(LivePolicyClient(req_w, resp_r))
+            _install_client(req_w, resp_r)
             _await_handoff(ack_r, child_listener)
             target(result_w)
         except BaseException:  # noqa: BLE001
