@@ -553,25 +553,52 @@ def _try_pickle(obj: object) -> Optional[bytes]:
         return None
 
 
+@dataclass
+class _ChildPrep:
+    """What the child needs from pytest's state, looked up in the pytest process before the fork
+    (where those objects were touched this cycle anyway): in the child every object touched for
+    the first time costs a copy-on-write page fault."""
+
+    captures: dict[str, io.TextIOWrapper]
+    log_stream: Optional[io.StringIO]
+    handle: Any
+    recorder: list[Any]
+
+    @classmethod
+    def of(cls, item: pytest.Item) -> _ChildPrep:
+        # Warnings go where they would go in the pytest process: to the innermost recorder
+        # (pytest's own, per test, or ``recwarn``'s, which the test may read). What was added to
+        # it travels back.
+        sink = getattr(getattr(warnings, "_showwarnmsg_impl", None), "__self__", None)
+        return cls(
+            captures=_memory_captures(item.config),
+            log_stream=_report_handler_stream(item.config),
+            handle=item.stash.get(FIXTURE_KEY, None),
+            recorder=sink if isinstance(sink, list) else [],
+        )
+
+
 def _child_main(
-    item: pytest.Item, runtest: Callable[[], None], coverage: Optional[CoverageBridge] = None
+    item: pytest.Item,
+    runtest: Callable[[], None],
+    coverage: Optional[CoverageBridge] = None,
+    prep: Optional[_ChildPrep] = None,
 ) -> dict[str, Any]:
     """Runs in the confined child: the test's call phase, packed into picklable data."""
     sys.dont_write_bytecode = True  # a denied .pyc write is noise, not a finding
     config = item.config
+    if prep is None:
+        prep = _ChildPrep.of(item)
     coverage_problems: list[str] = []
     if coverage is not None:
         problem = coverage.redirect_in_child()
         if problem:
             coverage_problems.append(problem)
-    captures = _memory_captures(config)
+    captures = prep.captures
     for buf in captures.values():  # the pytest process keeps what was there before the fork
         buf.seek(0)
         buf.truncate()
-    # Warnings go where they would go in the pytest process: to the innermost recorder (pytest's own, per
-    # test, or ``recwarn``'s, which the test may read). What was added to it travels back.
-    sink = getattr(getattr(warnings, "_showwarnmsg_impl", None), "__self__", None)
-    recorder: list[Any] = sink if isinstance(sink, list) else []
+    recorder = prep.recorder
     already = len(recorder)
     call = pytest.CallInfo.from_call(runtest, when="call", reraise=None)
     recorded = [w for w in recorder[already:] if isinstance(w, warnings.WarningMessage)]
@@ -598,7 +625,7 @@ def _child_main(
             "report": {k: data[k] for k in keep if k in data} | {"keywords": {}, "sections": []},
         }
     out["captures"] = {key: buf.buffer.getvalue() for key, buf in captures.items()}  # type: ignore[attr-defined]
-    stream = _report_handler_stream(config)
+    stream = prep.log_stream
     out["log"] = stream.getvalue() if stream is not None else ""
     out["warnings"] = [
         {
@@ -611,7 +638,7 @@ def _child_main(
         }
         for w in recorded
     ]
-    handle = item.stash.get(FIXTURE_KEY, None)
+    handle = prep.handle
     out["denials_read"] = bool(handle is not None and handle.denials_read)
     return out
 
@@ -784,7 +811,7 @@ def run_call(item: pytest.Item, runtest: Callable[[], None], spec: SandboxSpec, 
         sandbox.on_launch = guard.launched
         try:
             with _quiet_fork_warning(), guard:
-                result = sandbox.call(_child_main, item, runtest, coverage)
+                result = sandbox.call(_child_main, item, runtest, coverage, _ChildPrep.of(item))
         finally:
             sandbox.on_launch = None  # the shared Sandbox must not keep this test's guard alive
         out = result.value
