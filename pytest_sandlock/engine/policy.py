@@ -409,10 +409,12 @@ class Policy:
         "max_processes",
         "max_memory",
         "timeout",
+        "_hash",
     )
 
     net: Optional[tuple[NetRule, ...]]
     net_source: Optional[tuple[str, ...]]
+    _hash: int  # set on first hash (the policy is immutable)
     fs_read: Optional[tuple[str, ...]]
     fs_write: tuple[str, ...]
     fs_deny: tuple[str, ...]
@@ -462,7 +464,13 @@ class Policy:
         return self._key() == other._key()
 
     def __hash__(self) -> int:
-        return hash(self._key())
+        # Immutable, and hashed on every sandboxed test (the Sandbox cache): computed once.
+        try:
+            return self._hash
+        except AttributeError:
+            value = hash(self._key())
+            self._set("_hash", value)
+            return value
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{name}={value!r}" for name, value in self.to_dict().items())
