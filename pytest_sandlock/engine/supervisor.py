@@ -182,7 +182,8 @@ class Supervisor:
         landlock_enforced: bool = False,
     ) -> None:
         self.listener = listener
-        self.landlock_enforced = landlock_enforced  # a Landlock ruleset confines the tree
+        # A Landlock ruleset confines the tree and enforces every file rule it was given (no notes).
+        self.landlock_enforced = landlock_enforced
         self.ctx = ctx
         self.tree = tree
         self.root_pid = root_pid
@@ -901,12 +902,13 @@ class Supervisor:
             self.landlock_enforced
             and _opens_for_writing(name, notif.args)
             and self.policy_fn is None
-            and not self.ctx.denied_paths()
+            and not self.ctx.has_path_denials()
         ):
-            # Landlock alone decides whether this open passes (live denied paths and callbacks are
-            # the only verdicts of ours), so the call goes on at once and the event, with our
-            # prediction of Landlock's answer, is recorded after. The answer validates the
-            # notification: if the caller died before our read, it fails and nothing is recorded.
+            # Landlock alone decides whether this open passes, so the call goes on at once and the
+            # event, with our prediction of Landlock's answer, is recorded after. Not so with any
+            # denied path (static ones Landlock may not cover, e.g. a file not created yet; live
+            # ones it never sees) nor a callback: those are decided here first. The answer
+            # validates the notification: if the caller died before our read, nothing is recorded.
             pid, ppid = self._proc(notif.pid)
             if not self.listener.continue_(notif.id):
                 return

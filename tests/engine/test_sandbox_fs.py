@@ -250,6 +250,26 @@ def test_fs_deny_directory_inside_writable_tmp(tmp_path: Path) -> None:
     assert {e.path for e in result.denials} >= {str(private / "key"), str(private / "new")}
 
 
+def test_fs_deny_of_a_file_not_yet_created_is_enforced_by_the_supervisor(tmp_path: Path) -> None:
+    """Landlock has no rule for a path that does not exist (the ruleset says so in its notes): a
+    write-open creating it must still be refused, by the supervisor deciding before the call runs."""
+    future = tmp_path / "later.txt"
+    box = Sandbox(Policy(net=NET, fs_deny=[future]))
+    assert any("not denied if created later" in note for note in box.notes)
+
+    def body() -> dict[str, object]:
+        return {
+            "denied": write_file(str(future)),
+            "sibling": write_file(str(tmp_path / "other.txt")),  # positive control, same directory
+        }
+
+    result = box.call(body)
+    assert result.value == {"denied": errno.EACCES, "sibling": "written"}
+    assert not future.exists()
+    event = only(result.denials, path=str(future))
+    assert event.errno == errno.EACCES
+
+
 # --------------------------------------------------------------------------------------------- fs_read
 
 
