@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 from . import landlock
 from .notify import IOCTL_NOTIF_SET_FLAGS, USER_NOTIF_FD_SYNC_WAKE_UP
-from .seccomp_filter import FLAG_NEW_LISTENER, FLAG_WAIT_KILLABLE_RECV, SECCOMP_SET_MODE_FILTER
+from .seccomp_filter import FLAG_NEW_LISTENER, FLAG_WAIT_KILLABLE_RECV, SECCOMP_SET_MODE_FILTER, allow_all
 from .syscalls import (
     PIDFD_THREAD,
     PR_SET_NO_NEW_PRIVS,
@@ -26,8 +26,6 @@ from .syscalls import (
     read_memory_spans,
     seccomp,
 )
-
-SECCOMP_RET_ALLOW = 0x7FFF0000
 
 
 @dataclass
@@ -81,19 +79,6 @@ class Capabilities:
         }
 
 
-class _Filter(ctypes.Structure):
-    _fields_ = [
-        ("code", ctypes.c_ushort),
-        ("jt", ctypes.c_ubyte),
-        ("jf", ctypes.c_ubyte),
-        ("k", ctypes.c_uint),
-    ]
-
-
-class _Fprog(ctypes.Structure):
-    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.POINTER(_Filter))]
-
-
 _MARKER = b"pytest-sandlock memory probe"
 
 
@@ -110,14 +95,13 @@ def _probe_seccomp() -> dict[str, bool]:
             os.close(read_fd)
             os.close(done_w)
             prctl(PR_SET_NO_NEW_PRIVS, 1)
-            insns = (_Filter * 1)(_Filter(0x06, 0, 0, SECCOMP_RET_ALLOW))
-            prog = _Fprog(1, insns)
+            prog = allow_all()
             for flags, key in (
                 (FLAG_NEW_LISTENER | FLAG_WAIT_KILLABLE_RECV, "killable"),
                 (FLAG_NEW_LISTENER, ""),
             ):
                 try:
-                    fd = seccomp(SECCOMP_SET_MODE_FILTER, flags, ctypes.addressof(prog))
+                    fd = seccomp(SECCOMP_SET_MODE_FILTER, flags, prog.fprog_address)
                 except OSError:
                     continue
                 result["listener"] = True

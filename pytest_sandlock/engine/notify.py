@@ -35,10 +35,6 @@ class Notification(NamedTuple):
     args: tuple[int, ...]
 
 
-class ListenerClosed(Exception):
-    """No process uses the filter any more: the stream has ended."""
-
-
 class Listener:
     """Owns the listener fd in the supervising process."""
 

@@ -45,6 +45,7 @@ FLAG_NEW_LISTENER = 1 << 3
 FLAG_WAIT_KILLABLE_RECV = 1 << 5
 
 SECCOMP_RET_KILL_PROCESS = 0x80000000
+SECCOMP_RET_ALLOW = 0x7FFF0000
 AUDIT_ARCH_X86_64 = 0xC000003E
 X32_SYSCALL_BIT = 0x40000000
 
@@ -162,10 +163,19 @@ def compiled_filter(notify_process_creation: bool = True) -> CompiledFilter:
             _build(notify_process_creation).export_bpf(out)
             out.seek(0)
             program = _arch_prefix() + out.read()
-        buffer = ctypes.create_string_buffer(program, len(program))
-        fprog = _SockFprog(len(program) // 8, ctypes.addressof(buffer))
-        compiled = _compiled[notify_process_creation] = CompiledFilter(program, buffer, fprog)
+        compiled = _compiled[notify_process_creation] = from_program(program)
     return compiled
+
+
+def from_program(program: bytes) -> CompiledFilter:
+    """A classic BPF program (8-byte instructions) ready for ``seccomp()``."""
+    buffer = ctypes.create_string_buffer(program, len(program))
+    return CompiledFilter(program, buffer, _SockFprog(len(program) // 8, ctypes.addressof(buffer)))
+
+
+def allow_all() -> CompiledFilter:
+    """One instruction, "allow": what the capability probe installs to see which flags work."""
+    return from_program(_bpf_insn(_BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW))
 
 
 def install(compiled: CompiledFilter, wait_killable: bool = True) -> int:
