@@ -28,7 +28,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Optional
 
-from . import landlock, seccomp_filter
+from . import forking, landlock, seccomp_filter
 from .channel import ChannelServer, _install_client
 from .errors import KernelFeatureError, SandboxError
 from .notify import Listener
@@ -196,13 +196,15 @@ def launch(
     capture_output: bool = False,
     stdin_devnull: bool = False,
     while_confining: Optional[Callable[[int], None]] = None,
+    runs_python: bool = True,
 ) -> Launched:
     """Fork; the child confines itself and calls ``target(result_fd)``, which must not return normally.
 
     ``target`` writes its result to ``result_fd`` and ends the process (os._exit / exec).
     ``while_confining(pid)`` runs in the parent right after the fork, while the child confines
     itself (it cannot run anything of the caller's before the listener hand-off): bookkeeping put
-    there costs no time on the way to the test.
+    there costs no time on the way to the test. ``runs_python=False`` (the target execs at once)
+    skips the interpreter's at-fork child handlers, as ``subprocess`` does.
     """
     sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
     ack_r, ack_w = os.pipe2(os.O_CLOEXEC)
@@ -219,7 +221,7 @@ def launch(
     # Freeze the collector's view of every existing object: a collection in the child would
     # otherwise walk (and so copy-on-write) the whole heap of the pytest process.
     gc.freeze()
-    pid = os.fork()
+    pid, child_handlers = forking.fork()
     if pid:
         gc.unfreeze()
     if pid == 0:  # ---------------------------------------------------------------- child
@@ -252,6 +254,8 @@ def launch(
                         pass
             _install_client(req_w, resp_r)
             _await_handoff(ack_r, child_listener)
+            if runs_python and child_handlers:  # confined by now: a thread they start is confined too
+                forking.run_child_handlers(child_handlers)
             target(result_w)
         except BaseException:  # noqa: BLE001
             try:

@@ -195,6 +195,7 @@ class Sandbox:
         capture_output: bool = False,
         timeout: Optional[float] = None,
         framed_result: bool = False,
+        runs_python: bool = True,
     ) -> tuple[Supervisor, Any]:
         if self.capabilities.problems:  # e.g. child memory unreadable: nothing could be decided
             raise KernelFeatureError("; ".join(self.capabilities.problems))
@@ -219,6 +220,7 @@ class Sandbox:
             capture_output=capture_output,
             stdin_devnull=capture_output,
             while_confining=while_confining,
+            runs_python=runs_python,
         )
         effective_timeout = timeout if timeout is not None else self.policy.timeout
         deadline = None if effective_timeout is None else time.monotonic() + effective_timeout
@@ -273,7 +275,7 @@ class Sandbox:
         if isinstance(argv, (str, bytes)) or not argv:
             raise ValueError(f"argv must be a non-empty list of strings, got {argv!r}")
         supervisor, outcome = self._supervise(
-            exec_target(argv, cwd, env), capture_output=True, timeout=timeout
+            exec_target(argv, cwd, env), capture_output=True, timeout=timeout, runs_python=False
         )
         status = outcome.root_status
         if outcome.timed_out:
