@@ -149,7 +149,21 @@ def fork() -> tuple[int, list[Handler]]:
     """
     registries = None
     if os.environ.get("PYTEST_SANDLOCK_OS_FORK") != "1" and _single_threaded():
-        registries = _locate()
+        registries = _locate()  # before the freeze below: frozen objects have no referrers to find
+    # Freeze the collector's view of every existing object: a collection in the child would
+    # otherwise walk (and so copy-on-write) the whole heap of the pytest process.
+    gc.freeze()
+    try:
+        pid, handlers = _fork(registries)
+    except BaseException:
+        gc.unfreeze()
+        raise
+    if pid:
+        gc.unfreeze()  # the parent's collector resumes; the child keeps its heap frozen
+    return pid, handlers
+
+
+def _fork(registries: Optional[_Registries]) -> tuple[int, list[Handler]]:
     if registries is None or _libc_fork is None:
         return os.fork(), []
     moot = _moot_when_single_threaded()

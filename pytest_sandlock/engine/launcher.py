@@ -15,7 +15,6 @@ Any failure in 1-5 is reported to the parent and the target never runs: confinem
 from __future__ import annotations
 
 import ctypes
-import gc
 import os
 import resource
 import select
@@ -218,12 +217,7 @@ def launch(
     parent = os.getpid()
     sys.stdout.flush()
     sys.stderr.flush()
-    # Freeze the collector's view of every existing object: a collection in the child would
-    # otherwise walk (and so copy-on-write) the whole heap of the pytest process.
-    gc.freeze()
     pid, child_handlers = forking.fork()
-    if pid:
-        gc.unfreeze()
     if pid == 0:  # ---------------------------------------------------------------- child
         try:
             for fd in parent_only:
