@@ -87,7 +87,8 @@ def _locate() -> Optional[_Registries]:
     for holder in gc.get_referrers(_marker_before, _marker_parent, _marker_child):
         if type(holder) is not list:
             continue
-        for name, marker in (("before", _marker_before), ("parent", _marker_parent), ("child", _marker_child)):
+        markers = (("before", _marker_before), ("parent", _marker_parent), ("child", _marker_child))
+        for name, marker in markers:
             if any(entry is marker for entry in holder):
                 found.setdefault(name, holder)
     if len(found) != 3 or len({id(v) for v in found.values()}) != 3:
@@ -110,7 +111,8 @@ def _moot_when_single_threaded() -> list[Callable[[Handler], bool]]:
     if logging is not None:
         # 3.9-3.12: _acquireLock/_releaseLock; 3.13+: _prepareFork/_afterFork. All take or release
         # the module lock around the fork, and the child handler re-creates handler locks.
-        names = ("_acquireLock", "_releaseLock", "_prepareFork", "_afterFork", "_after_at_fork_child_reinit_locks")
+        names = ["_acquireLock", "_releaseLock", "_prepareFork", "_afterFork"]
+        names.append("_after_at_fork_child_reinit_locks")
         logging_handlers = [getattr(logging, n) for n in names if hasattr(logging, n)]
         tests.append(lambda h: any(h is f for f in logging_handlers))
     futures_thread = sys.modules.get("concurrent.futures.thread")
@@ -120,12 +122,17 @@ def _moot_when_single_threaded() -> list[Callable[[Handler], bool]]:
     return tests
 
 
-def _single_threaded() -> bool:
-    # /proc/<pid>/task's link count is 2 + the number of threads: one stat instead of a listing.
+def thread_count() -> int:
+    """Threads of this process, or -1 if /proc cannot tell. The link count of /proc/self/task is
+    2 + the number of threads: one stat instead of a directory listing."""
     try:
-        return os.stat(_TASK_DIR).st_nlink == 3
+        return os.stat(_TASK_DIR).st_nlink - 2
     except OSError:
-        return False
+        return -1
+
+
+def _single_threaded() -> bool:
+    return thread_count() == 1
 
 
 def _run_all(handlers: list[Handler]) -> None:

@@ -1,7 +1,8 @@
 """Forking a confined child and handing its seccomp listener to the supervising parent.
 
 Child, before any code it was asked to run:
-  1. parent-death signal (SIGKILL), so the child never outlives a killed pytest;
+  1. parent-death signal (SIGKILL), so the child never outlives a killed pytest; refuses to go on
+     if it has a second thread (one would escape: seccomp and Landlock confine the calling thread);
   2. RLIMIT_AS when a memory limit is set;
   3. no_new_privs, then the cached Landlock ruleset (skipped in audit mode: nothing is denied);
   4. the precompiled seccomp program with a notification listener;
@@ -165,6 +166,14 @@ def _child_confine(conf: Confinement, parent: int, sync_w: int) -> int:
     prctl(PR_SET_PDEATHSIG, _SIGKILL)
     if os.getppid() != parent:  # the parent died between fork and prctl
         os._exit(1)
+    if forking.thread_count() != 1:
+        # Seccomp and Landlock confine the calling thread only. After os.fork() the interpreter
+        # has run os.register_at_fork handlers already; one that started a thread would leave it
+        # outside the sandbox. (The fast fork runs them after confinement instead.)
+        raise SandboxError(
+            "the child has more than one thread before confinement (started by an "
+            "os.register_at_fork handler?): it would run unconfined"
+        )
     base = 0
     if conf.max_memory is not None:
         base = _vm_size()
@@ -274,7 +283,8 @@ def launch(
     except BaseException:
         _abort_child(pid, pidfd, tree)
         for fd in parent_only:
-            os.close(fd)
+            if fd not in (sync_r, ack_w):  # closed below in any case
+                os.close(fd)
         raise
     finally:
         os.close(sync_r)
@@ -302,6 +312,8 @@ def _receive_listener(sync_r: int, pidfd: int) -> tuple[int, int]:
         return listener_fd, base
     if data[:1] == b"E":
         message = data[1:].decode("utf-8", "replace")
+        if message.startswith("SandboxError: "):  # our own refusal, not a missing kernel feature
+            raise SandboxError(f"could not confine the child: {message[len('SandboxError: ') :]}")
         raise KernelFeatureError(f"could not confine the child: {message}")
     raise SandboxError("the confined child died before it was confined")
 

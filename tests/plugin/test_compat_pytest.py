@@ -146,3 +146,35 @@ def test_pdb_with_strict_runs_unconfined_and_says_so(pytester, client_module, ou
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["sandlock: --pdb/--trace given: sandboxed tests run WITHOUT the sandbox"])
     assert outside.wait_received(1) == [b"pdb\n"]
+
+
+AT_FORK_CONFTEST = """
+import os
+
+IN_CHILD = []
+os.register_at_fork(after_in_child=lambda: IN_CHILD.append(os.getpid()))
+"""
+
+AT_FORK_TESTS = """
+import os, random
+from conftest import IN_CHILD
+
+def test_first(tmp_path):
+    assert IN_CHILD == [os.getpid()]  # the conftest's at-fork handler ran in this test's child
+    (tmp_path / "draw.txt").write_text(repr(random.random()))
+
+def test_second(tmp_path):
+    assert IN_CHILD == [os.getpid()]
+    (tmp_path / "draw.txt").write_text(repr(random.random()))
+"""
+
+
+def test_at_fork_handlers_run_in_the_child_and_random_is_reseeded(pytester, mode):
+    """Whichever fork starts the child (the fast one when pytest has one thread, os.fork() under xdist),
+    at-fork handlers run in it, and each test gets a fresh random state as after os.fork()."""
+    pytester.makeconftest(AT_FORK_CONFTEST)
+    pytester.makepyfile(test_atfork=AT_FORK_TESTS)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--sandlock-strict", *mode)
+    result.assert_outcomes(passed=2)
+    draws = [p.read_text() for p in pytester.path.rglob("draw.txt")]
+    assert len(draws) == 2 and draws[0] != draws[1], draws

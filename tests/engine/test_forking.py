@@ -1,0 +1,130 @@
+"""forking.fork: the raw fork for single-threaded processes keeps os.fork()'s observable behaviour.
+
+Each case runs in a fresh interpreter (os.register_at_fork handlers cannot be unregistered, and the
+suite's own process may have threads under xdist)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+PRELUDE = """
+import gc, json, os, random, sys, threading, time
+from pytest_sandlock.engine import forking
+calls = []
+os.register_at_fork(before=lambda: calls.append("before-1"), after_in_parent=lambda: calls.append("parent-1"),
+                    after_in_child=lambda: calls.append("child-1"))
+os.register_at_fork(before=lambda: calls.append("before-2"), after_in_parent=lambda: calls.append("parent-2"),
+                    after_in_child=lambda: calls.append("child-2"))
+r, w = os.pipe()
+def report_from_child(handlers):
+    os.close(r)
+    out = {"calls_at_start": list(calls), "handlers": [getattr(h, "__qualname__", repr(h)) for h in handlers]}
+    before_seed = random.getstate()
+    forking.run_child_handlers(handlers)
+    out["calls_after"] = list(calls)
+    out["reseeded"] = random.getstate() != before_seed
+    out["threads"] = forking.thread_count()
+    out["freeze_count"] = gc.get_freeze_count()
+    os.write(w, json.dumps(out).encode())
+    os._exit(0)
+def collect(pid, parent_extra):
+    os.close(w)
+    data = b""
+    while chunk := os.read(r, 65536):
+        data += chunk
+    os.waitpid(pid, 0)
+    out = json.loads(data)
+    out.update(parent_extra)
+    print(json.dumps(out))
+"""
+
+
+def _run(body: str, env: dict[str, str] | None = None) -> dict:
+    import os
+
+    script = PRELUDE + textwrap.dedent(body)
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **(env or {})},
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+FORK_ONCE = """
+random.random()
+pid, handlers = forking.fork()
+if pid == 0:
+    report_from_child(handlers)
+collect(pid, {"parent_calls": list(calls), "parent_freeze_count": gc.get_freeze_count(),
+              "raw": forking._registries is not None})
+"""
+
+
+def test_single_threaded_fork_defers_child_handlers_and_keeps_cpython_order() -> None:
+    out = _run(FORK_ONCE)
+    assert out["raw"] is True
+    # before handlers in reverse registration order, then the parent's in order: as os.fork() does
+    assert out["parent_calls"] == ["before-2", "before-1", "parent-1", "parent-2"]
+    # the child's are handed back, not run yet, in registration order...
+    assert out["calls_at_start"] == ["before-2", "before-1"]
+    assert out["calls_after"] == ["before-2", "before-1", "child-1", "child-2"]
+    # ...random's reseed among them; the thread-repair ones (nothing to repair) are not
+    assert "Random.seed" in out["handlers"]
+    assert "_after_fork" not in out["handlers"]
+    assert out["reseeded"] is True
+    assert out["threads"] == 1
+    assert out["freeze_count"] > 0 and out["parent_freeze_count"] == 0
+
+
+def test_a_second_thread_means_os_fork_and_its_handlers_already_ran() -> None:
+    out = _run(
+        """
+        stop = threading.Event()
+        t = threading.Thread(target=stop.wait)
+        t.start()
+        pid, handlers = forking.fork()
+        if pid == 0:
+            report_from_child(handlers)
+        stop.set()
+        t.join()
+        collect(pid, {"parent_calls": list(calls)})
+        """
+    )
+    assert out["handlers"] == []
+    assert out["calls_at_start"] == ["before-2", "before-1", "child-1", "child-2"]
+    assert out["parent_calls"] == ["before-2", "before-1", "parent-1", "parent-2"]
+
+
+def test_environment_variable_forces_os_fork() -> None:
+    out = _run(FORK_ONCE, env={"PYTEST_SANDLOCK_OS_FORK": "1"})
+    assert out["raw"] is False
+    assert out["handlers"] == []
+    assert out["calls_at_start"] == ["before-2", "before-1", "child-1", "child-2"]
+
+
+@pytest.mark.parametrize("os_fork", ["0", "1"])
+def test_handler_exceptions_are_reported_and_the_next_handler_runs(os_fork: str) -> None:
+    import os
+
+    failing = "calls = []\nos.register_at_fork(after_in_child=lambda: 1 / 0)"
+    script = PRELUDE.replace("calls = []", failing) + FORK_ONCE
+    proc = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTEST_SANDLOCK_OS_FORK": os_fork},
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["calls_after"][-2:] == ["child-1", "child-2"]
+    assert "ZeroDivisionError" in proc.stderr
