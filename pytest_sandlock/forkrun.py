@@ -412,19 +412,19 @@ class _InterruptGuard:
         self._saved: dict[int, Any] = {}
         self.root: Optional[int] = None  # the confined child, once launched (Sandbox on_launch)
         self._armed = False
+        self._wrapped = False  # handlers wrapped (once per call, at launch)
         self._active = False
         self._timer: Optional[tuple[Any, Any]] = None
 
     def __enter__(self) -> _InterruptGuard:
         if threading.current_thread() is threading.main_thread():
             self._active = True
-            self._arm()
         return self
 
     def _arm(self) -> None:
-        """Wrap the handlers, before the fork (after it, every page written costs a copy-on-write
-        fault). A handler raising before the child is launched is kept like any other: the kill
-        is retried until ``launched`` has told the root."""
+        """Wrap the handlers; called from ``launched``, i.e. in the parent while the child confines
+        itself, where it costs the test nothing. Before that moment a raising handler simply
+        propagates, and the launcher kills the child it may have forked."""
         for signum in self.SIGNALS:
             handler = signal.getsignal(signum)
             if callable(handler):
@@ -494,8 +494,9 @@ class _InterruptGuard:
 
     def launched(self, pid: int) -> None:
         self.root = pid
-        if self.pending is not None:  # interrupted between arming and the fork: end it now
-            self.kill_confined()
+        if self._active and not self._wrapped:
+            self._wrapped = True
+            self._arm()
 
     def kill_confined(self) -> bool:
         """SIGKILL the confined tree of this call (the root, its descendants, orphans it left to the

@@ -203,17 +203,16 @@ def launch(
     *,
     capture_output: bool = False,
     stdin_devnull: bool = False,
-    before_fork: Optional[Callable[[], None]] = None,
-    on_fork: Optional[Callable[[int], None]] = None,
+    while_confining: Optional[Callable[[int], None]] = None,
     runs_python: bool = True,
 ) -> Launched:
     """Fork; the child confines itself and calls ``target(result_fd)``, which must not return normally.
 
     ``target`` writes its result to ``result_fd`` and ends the process (os._exit / exec).
-    ``before_fork()`` runs in the parent just before the fork, ``on_fork(pid)`` right after it. Keep
-    the latter small: the child confines itself meanwhile, and until it exits every page the
-    parent writes is a copy-on-write fault (bookkeeping costs less before the fork). ``runs_python=False``
-    (the target execs at once) skips the interpreter's at-fork child handlers, as ``subprocess`` does.
+    ``while_confining(pid)`` runs in the parent right after the fork, while the child confines
+    itself (it cannot run anything of the caller's before the listener hand-off): bookkeeping put
+    there costs no time on the way to the test. ``runs_python=False`` (the target execs at once)
+    skips the interpreter's at-fork child handlers, as ``subprocess`` does.
     """
     sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
     ack_r, ack_w = os.pipe2(os.O_CLOEXEC)
@@ -225,24 +224,9 @@ def launch(
     child_only = [sync_w, ack_r, result_w, req_w, resp_r] + [w for _, w in out_pipes]
     tree = ProcessTree()
     parent = os.getpid()
-    try:
-        tree.prepare()
-        if before_fork is not None:
-            before_fork()
-    except BaseException:
-        tree.stop()
-        for fd in parent_only + child_only:
-            os.close(fd)
-        raise
     sys.stdout.flush()
     sys.stderr.flush()
-    try:
-        pid, child_handlers = forking.fork()
-    except BaseException:
-        tree.stop()
-        for fd in parent_only + child_only:
-            os.close(fd)
-        raise
+    pid, child_handlers = forking.fork()
     if pid == 0:  # ---------------------------------------------------------------- child
         try:
             for fd in parent_only:
@@ -287,10 +271,11 @@ def launch(
         os.close(fd)
     pidfd = -1
     try:
+        # The child forks nothing before the hand-off below: becoming a subreaper now is in time.
         tree.start(root=pid)
         pidfd = os.pidfd_open(pid)
-        if on_fork is not None:
-            on_fork(pid)
+        if while_confining is not None:
+            while_confining(pid)
         listener_fd, base = _receive_listener(sync_r, pidfd)
         grabbed = pidfd_getfd(pidfd, listener_fd)
         os.write(ack_w, b"k")

@@ -171,14 +171,11 @@ class ProcessTree:
         self._children_before: set[int] = set()
         self._became_subreaper = False
 
-    def prepare(self) -> None:
-        """Call just before forking the root: snapshot our other children and become a subreaper.
-
-        Done before the fork rather than after it: right after a fork every page the parent
-        writes is a copy-on-write fault (2.6 us here), before it a cheaper one or none. A child
-        some other thread forks in between is not taken for the sandbox's: adopted processes
-        must carry more seccomp filters than we do."""
-        self._children_before = set(_children_of(os.getpid()))
+    def start(self, root: int) -> None:
+        """Call right after forking ``root``, before it can fork anything: snapshot our other
+        children and become a subreaper."""
+        self.root = root
+        self._children_before = set(_children_of(os.getpid())) - {root}
         try:
             prctl(PR_GET_CHILD_SUBREAPER, ctypes.addressof(_flag))
             if not _flag.value:
@@ -186,11 +183,6 @@ class ProcessTree:
                 self._became_subreaper = True
         except OSError:
             pass
-
-    def start(self, root: int) -> None:
-        """Call right after forking ``root`` (after ``prepare``)."""
-        self.root = root
-        self._children_before.discard(root)
 
     def stop(self) -> None:
         if self._became_subreaper:

@@ -207,13 +207,19 @@ class Sandbox:
             wait_killable=self.capabilities.wait_killable_recv,
             capability_drop=prepare_capability_drop(),
         )
+        on_launch = self.on_launch
+
+        def while_confining(pid: int) -> None:
+            reap_deferred()
+            if on_launch is not None:
+                on_launch(pid)
+
         launched = launch(
             conf,
             target,
             capture_output=capture_output,
             stdin_devnull=capture_output,
-            before_fork=reap_deferred,
-            on_fork=self.on_launch,
+            while_confining=while_confining,
             runs_python=runs_python,
         )
         effective_timeout = timeout if timeout is not None else self.policy.timeout
