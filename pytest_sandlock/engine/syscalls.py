@@ -12,7 +12,8 @@ import ctypes.util
 import os
 from typing import Optional
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# The symbols already loaded into the interpreter (libc among them): find_library would spawn ldconfig.
+_libc = ctypes.CDLL(None, use_errno=True)
 
 # x86-64 syscall numbers (the engine only supports x86-64, see capabilities.py).
 NR_SECCOMP = 317
