@@ -463,7 +463,7 @@ class _InterruptGuard:
     def _hook_timeout_thread(self) -> None:
         module = sys.modules.get("pytest_timeout")
         original_fn = getattr(module, "timeout_timer", None)
-        if original_fn is None:
+        if original_fn is None or threading.active_count() == 1:  # no timer thread is running
             return
         name = f"pytest_timeout {self.nodeid}"
         for timer in threading.enumerate():

@@ -147,12 +147,13 @@ def _run_all(handlers: list[Handler]) -> None:
             traceback.print_exc()
 
 
-def fork() -> tuple[int, list[Handler]]:
+def fork() -> tuple[int, Optional[list[Handler]]]:
     """Fork; returns ``(pid, child_handlers)``.
 
     In the child (pid 0) ``child_handlers`` are the at-fork handlers still to run: the caller runs
-    them with ``run_child_handlers`` when it is ready to (after confinement). After ``os.fork()``
-    the interpreter has already run them and the list is empty.
+    them with ``run_child_handlers`` when it is ready to (after confinement). It is None after
+    ``os.fork()``: the interpreter has run them already (and a thread they started may exist).
+    In the parent it is always None.
     """
     registries = None
     if os.environ.get("PYTEST_SANDLOCK_OS_FORK") != "1" and _single_threaded():
@@ -170,9 +171,9 @@ def fork() -> tuple[int, list[Handler]]:
     return pid, handlers
 
 
-def _fork(registries: Optional[_Registries]) -> tuple[int, list[Handler]]:
+def _fork(registries: Optional[_Registries]) -> tuple[int, Optional[list[Handler]]]:
     if registries is None or _libc_fork is None:
-        return os.fork(), []
+        return os.fork(), None
     moot = _moot_when_single_threaded()
 
     def keep(handlers: list[Handler]) -> list[Handler]:
@@ -190,7 +191,7 @@ def _fork(registries: Optional[_Registries]) -> tuple[int, list[Handler]]:
     if pid == 0:
         return 0, child_handlers
     _run_all(parent_handlers)
-    return pid, []
+    return pid, None
 
 
 def run_child_handlers(handlers: list[Handler]) -> None:

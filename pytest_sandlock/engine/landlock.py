@@ -563,20 +563,29 @@ def set_no_new_privs() -> None:
         raise OSError(exc.errno, f"prctl(PR_SET_NO_NEW_PRIVS): {exc.strerror}") from None
 
 
-def restrict_self(ruleset: Ruleset) -> None:
+def restrict_self(ruleset: Ruleset, close_inherited: bool = True) -> None:
     """Confine the calling thread (and its future children) with ``ruleset``. Irreversible.
 
     In a forked child this then closes the child's copies of every cached ruleset descriptor: the
     kernel lets any holder add rules to a ruleset, and the parent reuses them for later tests.
+    ``close_inherited=False`` leaves that to the caller (the launcher closes ``cached_fds()``, taken
+    in the parent, with plain ``os.close``: no object of this module is written in the child).
     """
     if ruleset.closed:
         raise SandboxError("restrict_self: the Landlock ruleset is closed")
     try:
-        _syscall(SYS_LANDLOCK_RESTRICT_SELF, ruleset.fd, 0)
+        raw_syscall(SYS_LANDLOCK_RESTRICT_SELF, ruleset.fd, 0)
     except OSError as exc:
         raise _restrict_error(exc) from None
-    if ruleset.owner_pid != os.getpid():
+    if close_inherited and ruleset.owner_pid != os.getpid():
         _close_inherited(ruleset)
+
+
+def cached_fds() -> tuple[int, ...]:
+    """The descriptors of every cached ruleset of this process: a forked child must close them all
+    before running untrusted code (see ``restrict_self``)."""
+    pid = os.getpid()
+    return tuple(r.fd for r in list(_cache.values()) if r.owner_pid == pid and not r.closed)
 
 
 def _restrict_error(exc: OSError) -> Exception:

@@ -161,12 +161,12 @@ def drop_capabilities(prepared: Optional[CapabilityDrop]) -> None:
         raise OSError(exc.errno, "capset failed while dropping capabilities") from None
 
 
-def _child_confine(conf: Confinement, parent: int, sync_w: int) -> int:
+def _child_confine(conf: Confinement, parent: int, sync_w: int, handlers_ran: bool) -> int:
     """Confine this (child) process; returns the listener fd, reported to the parent but still open."""
     prctl(PR_SET_PDEATHSIG, _SIGKILL)
     if os.getppid() != parent:  # the parent died between fork and prctl
         os._exit(1)
-    if forking.thread_count() != 1:
+    if handlers_ran and forking.thread_count() != 1:
         # Seccomp and Landlock confine the calling thread only. After os.fork() the interpreter
         # has run os.register_at_fork handlers already; one that started a thread would leave it
         # outside the sandbox. (The fast fork runs them after confinement instead.)
@@ -182,7 +182,7 @@ def _child_confine(conf: Confinement, parent: int, sync_w: int) -> int:
     drop_capabilities(conf.capability_drop)
     landlock.set_no_new_privs()
     if conf.ruleset is not None:
-        landlock.restrict_self(conf.ruleset)
+        landlock.restrict_self(conf.ruleset, close_inherited=False)  # closed with conf.close_fds
     listener = seccomp_filter.install(conf.compiled, conf.wait_killable)
     os.write(sync_w, b"L" + _SYNC.pack(listener, base))
     return listener
@@ -232,7 +232,7 @@ def launch(
             for fd in parent_only:
                 os.close(fd)
             try:
-                child_listener = _child_confine(conf, parent, sync_w)
+                child_listener = _child_confine(conf, parent, sync_w, child_handlers is None)
             except BaseException as exc:  # noqa: BLE001 - report anything, then die
                 message = f"{type(exc).__name__}: {exc}"
                 os.write(sync_w, b"E" + message.encode("utf-8", "replace")[:4000])

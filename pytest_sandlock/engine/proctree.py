@@ -25,7 +25,10 @@ from .syscalls import PIDFD_THREAD, PR_GET_CHILD_SUBREAPER, PR_SET_CHILD_SUBREAP
 def _children_of(pid: int) -> list[int]:
     kids: list[int] = []
     try:
-        tasks = os.listdir(f"/proc/{pid}/task")
+        # A single-threaded process (the usual case) has one children file: /proc/<pid>/task's
+        # link count is 2 + its threads, one stat instead of listing the directory.
+        task_dir = f"/proc/{pid}/task"
+        tasks = [str(pid)] if os.stat(task_dir).st_nlink == 3 else os.listdir(task_dir)
     except OSError:
         return kids
     for tid in tasks:

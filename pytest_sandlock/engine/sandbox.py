@@ -203,7 +203,8 @@ class Sandbox:
             ruleset=self.ruleset,
             compiled=self.compiled,
             max_memory=self.policy.max_memory,
-            close_fds=self.close_fds,
+            # The cached Landlock rulesets too: whoever holds one can add rules to it.
+            close_fds=self.close_fds + landlock.cached_fds(),
             wait_killable=self.capabilities.wait_killable_recv,
             capability_drop=prepare_capability_drop(),
         )

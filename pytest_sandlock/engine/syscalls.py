@@ -16,6 +16,7 @@ from typing import Optional
 _libc = ctypes.CDLL(None, use_errno=True)
 
 # x86-64 syscall numbers (the engine only supports x86-64, see capabilities.py).
+NR_PRCTL = 157
 NR_SECCOMP = 317
 NR_PIDFD_OPEN = 434
 NR_PIDFD_GETFD = 438
@@ -26,11 +27,6 @@ PR_SET_CHILD_SUBREAPER = 36
 PR_GET_CHILD_SUBREAPER = 37
 
 PIDFD_THREAD = os.O_EXCL  # pidfd_open(tid, PIDFD_THREAD): a pidfd for a thread, kernel 6.9+
-
-
-_prctl = _libc.prctl
-_prctl.restype = ctypes.c_int
-_prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
 
 
 class _IoVec(ctypes.Structure):
@@ -89,30 +85,32 @@ def _neg_errno(result: int) -> int:
     return result
 
 
-def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0, arg5: int = 0) -> int:
-    return _check(_prctl(option, arg2, arg3, arg4, arg5))
+def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0) -> int:
+    # Through the same prototyped syscall() as the rest of the child's confinement: a second
+    # ctypes function would touch (and so copy) more pages in a just-forked child.
+    return _check(_syscall6(NR_PRCTL, option, arg2, arg3, arg4, 0))
 
 
 def pidfd_open(pid: int, flags: int = 0) -> int:
     return raw_syscall(NR_PIDFD_OPEN, pid, flags)
 
 
-# syscall(2) with a fixed prototype (number + four longs): no c_long objects built per call, which
+# syscall(2) with a fixed prototype (number + five longs): no c_long objects built per call, which
 # matters in a just-forked child where every new object is a copy-on-write page fault. (glibc's
 # syscall() only moves registers, so the fixed prototype is safe for the variadic function.)
-_syscall5 = ctypes.CFUNCTYPE(
-    ctypes.c_long, ctypes.c_long, ctypes.c_long, ctypes.c_long, ctypes.c_long, ctypes.c_long, use_errno=True
-)(("syscall", _libc))
+_L = ctypes.c_long
+# Five arguments after the number: prctl() checks that the ones it does not use are zero.
+_syscall6 = ctypes.CFUNCTYPE(_L, _L, _L, _L, _L, _L, _L, use_errno=True)(("syscall", _libc))
 
 
 def raw_syscall(number: int, a: int = 0, b: int = 0, c: int = 0, d: int = 0) -> int:
     """A system call with integer or address arguments; OSError on failure."""
-    return _check(_syscall5(number, a, b, c, d))
+    return _check(_syscall6(number, a, b, c, d, 0))
 
 
 def pidfd_getfd(pidfd: int, targetfd: int) -> int:
     """Duplicate ``targetfd`` of the process behind ``pidfd`` into this process (close-on-exec)."""
-    return _check(_syscall5(NR_PIDFD_GETFD, pidfd, targetfd, 0, 0))
+    return _check(_syscall6(NR_PIDFD_GETFD, pidfd, targetfd, 0, 0, 0))
 
 
 def seccomp(operation: int, flags: int, prog: ctypes.c_void_p | int | None) -> int:

@@ -1,0 +1,49 @@
+"""The pytest process keeps its Landlock rulesets open to confine later tests, and the kernel lets
+whoever holds a ruleset descriptor add rules to it: a test holding one could widen every later test's
+ceiling. No sandboxed process may hold one, whichever rulesets are cached (several policies, an audit
+sandbox that applies none)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+from pytest_sandlock.engine import landlock
+from pytest_sandlock.engine.policy import Policy
+from pytest_sandlock.engine.sandbox import Sandbox
+
+
+def ruleset_fds_here() -> list[int]:
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{name}") == "anon_inode:[landlock-ruleset]":
+                found.append(int(name))
+        except OSError:
+            continue
+    return found
+
+
+def test_no_cached_ruleset_reaches_a_sandbox(tmp_path) -> None:
+    strict = Sandbox(Policy(net=["127.0.0.1"]))
+    other = Sandbox(Policy(net=["127.0.0.1"], fs_write=[str(tmp_path)]))
+    audit = Sandbox(Policy(net=["127.0.0.1"]), audit=True)
+    assert len(landlock.cached_fds()) >= 2
+    for sandbox in (strict, other, audit):
+        assert sandbox.call(ruleset_fds_here).value == []
+
+
+def test_ruleset_descriptors_control() -> None:
+    """Without the sandbox, a forked child does hold them: the assertion above can fail."""
+    Sandbox(Policy(net=["127.0.0.1"]))
+    cached = set(landlock.cached_fds())
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(w, json.dumps(ruleset_fds_here()).encode())
+        os._exit(0)
+    os.close(w)
+    seen = os.read(r, 4096)
+    os.close(r)
+    os.waitpid(pid, 0)
+    assert cached and cached <= set(json.loads(seen))
