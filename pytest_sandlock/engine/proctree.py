@@ -174,11 +174,14 @@ class ProcessTree:
         self._children_before: set[int] = set()
         self._became_subreaper = False
 
-    def start(self, root: int) -> None:
-        """Call right after forking ``root``, before it can fork anything: snapshot our other
-        children and become a subreaper."""
-        self.root = root
-        self._children_before = set(_children_of(os.getpid())) - {root}
+    def prepare(self) -> None:
+        """Call just before forking the root: snapshot our other children and become a subreaper.
+
+        Before the fork rather than after it: there the parent's side of the listener hand-off is
+        the critical path, and every page it writes is a copy-on-write fault. A child that another
+        thread forks in between is not taken for the sandbox's: adopted processes must carry more
+        seccomp filters than we do."""
+        self._children_before = set(_children_of(os.getpid()))
         try:
             prctl(PR_GET_CHILD_SUBREAPER, ctypes.addressof(_flag))
             if not _flag.value:
@@ -186,6 +189,11 @@ class ProcessTree:
                 self._became_subreaper = True
         except OSError:
             pass
+
+    def start(self, root: int) -> None:
+        """Call right after forking ``root`` (``prepare`` came before the fork)."""
+        self.root = root
+        self._children_before.discard(root)
 
     def stop(self) -> None:
         if self._became_subreaper:

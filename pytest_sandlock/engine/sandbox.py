@@ -209,22 +209,7 @@ class Sandbox:
             capability_drop=prepare_capability_drop(),
         )
         on_launch = self.on_launch
-
-        def while_confining(pid: int) -> None:
-            reap_deferred()
-            if on_launch is not None:
-                on_launch(pid)
-
-        launched = launch(
-            conf,
-            target,
-            capture_output=capture_output,
-            stdin_devnull=capture_output,
-            while_confining=while_confining,
-            runs_python=runs_python,
-        )
         effective_timeout = timeout if timeout is not None else self.policy.timeout
-        deadline = None if effective_timeout is None else time.monotonic() + effective_timeout
         supervisor: Optional[Supervisor] = None
 
         def on_change(field_name: str) -> None:
@@ -233,7 +218,16 @@ class Sandbox:
 
         ctx = PolicyContext(self.policy, on_change=on_change)
         ctx.process_limit_supervised = self.policy.max_processes is not None
+        launched = launch(
+            conf, target, capture_output=capture_output, stdin_devnull=capture_output, runs_python=runs_python
+        )
         try:
+            deadline = None if effective_timeout is None else time.monotonic() + effective_timeout
+            # Bookkeeping once the child runs its target (the hand-off did not wait for it); a
+            # failure here, or a signal handler raising, kills the tree like any other below.
+            reap_deferred()
+            if on_launch is not None:
+                on_launch(launched.pid)
             supervisor = Supervisor(
                 listener=launched.listener,
                 ctx=ctx,
