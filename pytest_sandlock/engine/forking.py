@@ -131,6 +131,24 @@ def thread_count() -> int:
         return -1
 
 
+_kept: tuple[tuple[int, int, int], tuple[list[Handler], list[Handler], list[Handler]]] | None = None
+
+
+def _handlers_to_run(registries: _Registries) -> tuple[list[Handler], list[Handler], list[Handler]]:
+    """The (before, parent, child) handlers to run, recomputed only when a registry has grown
+    (handlers cannot be unregistered, so the lengths tell)."""
+    global _kept
+    sizes = (len(registries.before), len(registries.parent), len(registries.child))
+    if _kept is None or _kept[0] != sizes:
+        moot = _moot_when_single_threaded()
+
+        def keep(handlers: list[Handler]) -> list[Handler]:
+            return [h for h in handlers if not any(test(h) for test in moot)]
+
+        _kept = (sizes, (keep(registries.before), keep(registries.parent), keep(registries.child)))
+    return _kept[1]
+
+
 def _single_threaded() -> bool:
     return thread_count() == 1
 
@@ -174,14 +192,7 @@ def fork() -> tuple[int, Optional[list[Handler]]]:
 def _fork(registries: Optional[_Registries]) -> tuple[int, Optional[list[Handler]]]:
     if registries is None or _libc_fork is None:
         return os.fork(), None
-    moot = _moot_when_single_threaded()
-
-    def keep(handlers: list[Handler]) -> list[Handler]:
-        return [h for h in handlers if not any(test(h) for test in moot)]
-
-    before = keep(registries.before)
-    parent_handlers = keep(registries.parent)
-    child_handlers = keep(registries.child)
+    before, parent_handlers, child_handlers = _handlers_to_run(registries)
     sys.audit("os.fork")
     _run_all(before[::-1])
     pid = _libc_fork()
