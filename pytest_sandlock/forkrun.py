@@ -583,8 +583,9 @@ def _child_main(
     runtest: Callable[[], None],
     coverage: Optional[CoverageBridge] = None,
     prep: Optional[_ChildPrep] = None,
-) -> dict[str, Any]:
-    """Runs in the confined child: the test's call phase, packed into picklable data."""
+) -> Optional[dict[str, Any]]:
+    """Runs in the confined child: the test's call phase, packed into picklable data (None for a
+    quiet pass: less to build, pickle and send in a process where every page written is copied)."""
     sys.dont_write_bytecode = True  # a denied .pyc write is noise, not a finding
     config = item.config
     if prep is None:
@@ -611,6 +612,15 @@ def _child_main(
         problem = coverage.save_in_child()
         if problem:
             coverage_problems.append(f"coverage data of the sandboxed child not saved: {problem}")
+    handle = prep.handle
+    denials_read = bool(handle is not None and handle.denials_read)
+    captured = {key: buf.buffer.getvalue() for key, buf in captures.items()}  # type: ignore[attr-defined]
+    stream = prep.log_stream
+    log = stream.getvalue() if stream is not None else ""
+    if call.excinfo is None and not (
+        coverage_problems or recorded or denials_read or log or any(captured.values())
+    ):
+        return None  # a quiet pass, the common case: nothing to carry back (see run_call)
     out: dict[str, Any] = {"exception": None, "internal": coverage_problems}
     if call.excinfo is not None:
         exc = call.excinfo.value
@@ -624,9 +634,8 @@ def _child_main(
             "text": _safe_str(exc),
             "report": {k: data[k] for k in keep if k in data} | {"keywords": {}, "sections": []},
         }
-    out["captures"] = {key: buf.buffer.getvalue() for key, buf in captures.items()}  # type: ignore[attr-defined]
-    stream = prep.log_stream
-    out["log"] = stream.getvalue() if stream is not None else ""
+    out["captures"] = captured
+    out["log"] = log
     out["warnings"] = [
         {
             "message": _try_pickle(w.message),
@@ -638,9 +647,13 @@ def _child_main(
         }
         for w in recorded
     ]
-    handle = prep.handle
-    out["denials_read"] = bool(handle is not None and handle.denials_read)
+    out["denials_read"] = denials_read
     return out
+
+
+def _quiet_pass() -> dict[str, Any]:
+    """What ``_child_main`` means by returning None: passed, printed, logged and warned nothing."""
+    return {"exception": None, "internal": [], "captures": {}, "log": "", "warnings": []}
 
 
 def _outcome_classes() -> tuple[tuple[str, type[BaseException]], ...]:
@@ -814,7 +827,7 @@ def run_call(item: pytest.Item, runtest: Callable[[], None], spec: SandboxSpec, 
                 result = sandbox.call(_child_main, item, runtest, coverage, _ChildPrep.of(item))
         finally:
             sandbox.on_launch = None  # the shared Sandbox must not keep this test's guard alive
-        out = result.value
+        out = result.value if result.value is not None else _quiet_pass()
         record.events = list(result.events)
         for text in [*getattr(result, "internal_errors", ()), *out.get("internal", ())]:
             warnings.warn(pytest.PytestWarning(f"sandlock: {text}"), stacklevel=1)

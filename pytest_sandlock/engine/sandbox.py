@@ -42,6 +42,8 @@ SYSTEM_READABLE = (
     "/dev",
 )
 _LEN = RESULT_HEADER
+_PROTOCOL = pickle.HIGHEST_PROTOCOL
+_OK_NONE = pickle.dumps(("ok", None), protocol=_PROTOCOL)  # built here, not in each child
 
 
 @functools.lru_cache(maxsize=256)
@@ -291,7 +293,8 @@ class Sandbox:
 
         def target(result_fd: int) -> None:
             try:
-                payload = pickle.dumps(("ok", fn(*args, **kwargs)), protocol=pickle.HIGHEST_PROTOCOL)
+                value = fn(*args, **kwargs)
+                payload = _OK_NONE if value is None else pickle.dumps(("ok", value), protocol=_PROTOCOL)
             except BaseException as exc:  # noqa: BLE001 - every failure crosses back as text
                 payload = pickle.dumps(("error", type(exc).__name__, str(exc), traceback.format_exc()))
             for stream in (sys.stdout, sys.stderr):  # the root may be killed once its result is in
@@ -309,7 +312,8 @@ class Sandbox:
         data = outcome.result
         if not data or len(data) < _LEN.size or len(data) < _LEN.size + _LEN.unpack_from(data)[0]:
             raise SandboxCrash(_describe_status(outcome.root_status), events, outcome.root_status)
-        message = _load_plain(data[_LEN.size : _LEN.size + _LEN.unpack_from(data)[0]])
+        payload = data[_LEN.size : _LEN.size + _LEN.unpack_from(data)[0]]
+        message: Any = ("ok", None) if payload == _OK_NONE else _load_plain(payload)
         if message[0] == "ok":
             return CallResult(message[1], events, outcome.internal_errors)
         _, exc_type, text, tb = message
