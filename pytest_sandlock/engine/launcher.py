@@ -52,6 +52,7 @@ class Confinement:
     close_fds: tuple[int, ...] = ()
     wait_killable: bool = True
     capability_drop: Optional[CapabilityDrop] = None
+    inherits_memory: bool = True  # False when the target execs a program at once
 
 
 @dataclass
@@ -178,7 +179,11 @@ def _child_confine(conf: Confinement, parent: int, sync_w: int, handlers_ran: bo
         )
     base = 0
     if conf.max_memory is not None:
-        base = _vm_size()
+        # A forked Python target may use max_memory beyond the address space it inherited; a
+        # program about to be executed starts from nothing, so it gets max_memory itself (the
+        # inherited size of a pytest worker, hundreds of MiB with its thread stacks, would
+        # otherwise stretch the limit).
+        base = _vm_size() if conf.inherits_memory else 0
         limit = base + conf.max_memory
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     drop_capabilities(conf.capability_drop)

@@ -209,6 +209,7 @@ class Sandbox:
             close_fds=self.close_fds + landlock.cached_fds(),
             wait_killable=self.capabilities.wait_killable_recv,
             capability_drop=prepare_capability_drop(),
+            inherits_memory=runs_python,
         )
         on_launch = self.on_launch
         effective_timeout = timeout if timeout is not None else self.policy.timeout
