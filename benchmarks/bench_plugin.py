@@ -237,6 +237,7 @@ def main() -> None:
     plain_p: list[float] = []  # median time of one test's runtest protocol, per run
     strict_p: list[float] = []
     floor_t: dict[str, list[float]] = {"fork": [], "naive": []}
+    floor_p: dict[str, list[float]] = {"fork": [], "naive": []}
     plain_x, strict_x = [], []
     work: dict[str, dict[str, list[float]]] = {
         k: {"plain": [], "box": []} for k in ("connect", "true", "writes")
@@ -248,9 +249,12 @@ def main() -> None:
         strict_t.append(_pytest(root, out, "test_trivial.py", strict, env_extra={"BENCH_FORK": "1"}))
         round_forks += _read(out, "fork")
         strict_p.extend(_read(out, "protocol"))
-        forks.append(statistics.median(round_forks))
         for floor in floor_t:
-            floor_t[floor].append(_pytest(root, out, "test_trivial.py", env_extra={"BENCH_FLOOR": floor}))
+            env = {"BENCH_FLOOR": floor, "BENCH_FORK": "1"}
+            floor_t[floor].append(_pytest(root, out, "test_trivial.py", env_extra=env))
+            round_forks += _read(out, "fork")
+            floor_p[floor].extend(_read(out, "protocol"))
+        forks.append(statistics.median(round_forks))
         for mode, extra in (("plain", ()), ("box", (strict,))):
             _pytest(root, out, "test_work.py", *extra)
             for key in work:
@@ -295,6 +299,9 @@ def main() -> None:
     ):
         cost = statistics.median([(r - p) / n for r, p in zip(floor_t[floor], plain_t)])
         rows.append((label, "", f"{cost * 1e3:.2f} ms", _ratio(per_test_vs_fork(floor_t[floor]))))
+        inside = statistics.median(floor_p[floor])
+        ratios = [(b - p) / f for b, p, f in zip(floor_p[floor], plain_p, forks)]
+        rows.append(("    the same floor, timed inside pytest", "", f"{inside * 1e3:.2f} ms", _ratio(ratios)))
     for key, label, scale, unit in (
         ("connect", "connect to loopback (300x)", 1e6, "us"),
         ("true", 'subprocess.run(["/bin/true"]) (50x)', 1e6, "us"),
