@@ -130,3 +130,36 @@ def test_handler_exceptions_are_reported_and_the_next_handler_runs(os_fork: str)
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["calls_after"][-2:] == ["child-1", "child-2"]
     assert "ZeroDivisionError" in proc.stderr
+
+
+CONFINED_HANDLER = """
+import json, os, sys
+from pytest_sandlock.engine.policy import Policy
+from pytest_sandlock.engine.sandbox import Sandbox
+
+seen = {}
+
+def record_seccomp_mode():
+    with open("/proc/self/status") as fh:
+        seen["mode"] = next(line.split()[1] for line in fh if line.startswith("Seccomp:"))
+
+os.register_at_fork(after_in_child=record_seccomp_mode)
+print(json.dumps(Sandbox(Policy(net=["127.0.0.1"])).call(lambda: seen.get("mode")).value))
+"""
+
+
+@pytest.mark.parametrize(("os_fork", "mode"), [("0", "2"), ("1", "0")])
+def test_sandboxed_child_runs_at_fork_handlers_confined(os_fork: str, mode: str) -> None:
+    """The fast fork runs a sandbox child's at-fork handlers under its seccomp filter (mode 2);
+    after os.fork() they ran before it (mode 0), which is what the control shows."""
+    import os
+
+    proc = subprocess.run(
+        [sys.executable, "-c", CONFINED_HANDLER],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTEST_SANDLOCK_OS_FORK": os_fork},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == mode
