@@ -6,9 +6,11 @@ suite's own process may have threads under xdist)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
+from typing import Any
 
 import pytest
 
@@ -45,10 +47,8 @@ def collect(pid, parent_extra):
 """
 
 
-def _run(body: str, env: dict[str, str] | None = None) -> dict:
-    import os
-
-    script = PRELUDE + textwrap.dedent(body)
+def _run_script(script: str, env: dict[str, str] | None = None) -> tuple[Any, str]:
+    """Run ``script`` in a fresh interpreter; returns (its last stdout line as JSON, its stderr)."""
     proc = subprocess.run(
         [sys.executable, "-c", script],
         capture_output=True,
@@ -57,7 +57,11 @@ def _run(body: str, env: dict[str, str] | None = None) -> dict:
         env={**os.environ, **(env or {})},
     )
     assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+    return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
+
+
+def _run(body: str, env: dict[str, str] | None = None) -> dict:
+    return _run_script(PRELUDE + textwrap.dedent(body), env)[0]
 
 
 FORK_ONCE = """
@@ -115,21 +119,11 @@ def test_environment_variable_forces_os_fork() -> None:
 
 @pytest.mark.parametrize("os_fork", ["0", "1"])
 def test_handler_exceptions_are_reported_and_the_next_handler_runs(os_fork: str) -> None:
-    import os
-
     failing = "calls = []\nos.register_at_fork(after_in_child=lambda: 1 / 0)"
     script = PRELUDE.replace("calls = []", failing) + FORK_ONCE
-    proc = subprocess.run(
-        [sys.executable, "-c", script],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "PYTEST_SANDLOCK_OS_FORK": os_fork},
-    )
-    assert proc.returncode == 0, proc.stderr
-    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    out, stderr = _run_script(script, {"PYTEST_SANDLOCK_OS_FORK": os_fork})
     assert out["calls_after"][-2:] == ["child-1", "child-2"]
-    assert "ZeroDivisionError" in proc.stderr
+    assert "ZeroDivisionError" in stderr
 
 
 CONFINED_HANDLER = """
@@ -152,14 +146,4 @@ print(json.dumps(Sandbox(Policy(net=["127.0.0.1"])).call(lambda: seen.get("mode"
 def test_sandboxed_child_runs_at_fork_handlers_confined(os_fork: str, mode: str) -> None:
     """The fast fork runs a sandbox child's at-fork handlers under its seccomp filter (mode 2);
     after os.fork() they ran before it (mode 0), which is what the control shows."""
-    import os
-
-    proc = subprocess.run(
-        [sys.executable, "-c", CONFINED_HANDLER],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "PYTEST_SANDLOCK_OS_FORK": os_fork},
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout.strip().splitlines()[-1]) == mode
+    assert _run_script(CONFINED_HANDLER, {"PYTEST_SANDLOCK_OS_FORK": os_fork})[0] == mode
