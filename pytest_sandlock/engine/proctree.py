@@ -33,10 +33,18 @@ def _children_of(pid: int) -> list[int]:
         return kids
     for tid in tasks:
         try:
-            with open(f"/proc/{pid}/task/{tid}/children", "rb") as fh:
-                kids.extend(int(x) for x in fh.read().split())
+            fd = os.open(f"/proc/{pid}/task/{tid}/children", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:  # raw reads, no file object: this runs at the end of every sandboxed test
+            data = b""
+            while chunk := os.read(fd, 65536):
+                data += chunk
+            kids.extend(int(x) for x in data.split())
         except (OSError, ValueError):
             continue
+        finally:
+            os.close(fd)
     return kids
 
 
