@@ -169,10 +169,13 @@ def _child_confine(conf: Confinement, parent: int, sync_w: int, handlers_ran: bo
     prctl(PR_SET_PDEATHSIG, _SIGKILL)
     if os.getppid() != parent:  # the parent died between fork and prctl
         os._exit(1)
-    if handlers_ran and forking.thread_count() != 1:
+    threads = forking.thread_count() if handlers_ran else 1
+    if threads != 1:
         # Seccomp and Landlock confine the calling thread only. After os.fork() the interpreter
         # has run os.register_at_fork handlers already; one that started a thread would leave it
         # outside the sandbox. (The fast fork runs them after confinement instead.)
+        if threads < 0:
+            raise SandboxError("cannot count the child's threads (/proc/self/task): refusing to confine")
         raise SandboxError(
             "the child has more than one thread before confinement (started by an "
             "os.register_at_fork handler?): it would run unconfined"
