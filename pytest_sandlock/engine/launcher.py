@@ -9,7 +9,8 @@ Child, before any code it was asked to run:
   5. tells the parent the listener's fd number; the parent copies it with ``pidfd_getfd`` (SCM_RIGHTS
      would deadlock once sendmsg is supervised) and acknowledges; the child closes its own copy, so
      that if the supervisor dies, supervised syscalls fail with ENOSYS instead of blocking forever;
-  6. closes the descriptors it was told to close, then runs the target.
+  6. closes the descriptors it was told to close (pytest's, the cached Landlock rulesets), runs the
+     at-fork handlers the fast fork left to it (see ``forking``), then the target.
 Any failure in 1-5 is reported to the parent and the target never runs: confinement is never skipped.
 """
 
