@@ -1,0 +1,108 @@
+"""A/B two commits of the plugin on the per-test cost, side by side in one run.
+
+    python benchmarks/ab_commits.py COMMIT_A COMMIT_B [--rounds 8] [--tests 300]
+
+Checks both commits out as git worktrees (in a temp dir), then runs the same generated suite of
+trivial tests under ``--sandlock-strict`` with each, alternating A and B round by round (these
+machines are noisy), and prints each side's median time of one test's runtest protocol and the
+median of the per-round B/A ratios with their range. This is how each change in BENCHMARKS.md
+("What each optimisation bought") was measured. Never part of the test run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+
+CONFTEST = """
+import statistics, sys, time
+import pytest
+
+TIMES = []
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_protocol(item, nextitem):
+    start = time.perf_counter()
+    yield
+    TIMES.append(time.perf_counter() - start)
+
+def pytest_sessionfinish(session):
+    sys.stderr.write(f"PROTOCOL {statistics.median(TIMES[20:] or TIMES) * 1e3:.4f} ms\\n")
+"""
+
+TESTS = """
+import pytest
+
+@pytest.mark.parametrize("i", range({n}))
+def test_trivial(i):
+    assert i >= 0
+"""
+
+
+def _repo() -> str:
+    here = os.path.dirname(os.path.abspath(__file__))
+    return subprocess.run(
+        ["git", "-C", here, "rev-parse", "--show-toplevel"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def _protocol_ms(suite: str, tree: str) -> float:
+    env = dict(os.environ, PYTHONPATH=tree)  # the worktree's package shadows the installed one
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--sandlock-strict"]
+    proc = subprocess.run(cmd, cwd=suite, env=env, capture_output=True, text=True)
+    found = re.search(r"PROTOCOL ([\d.]+) ms", proc.stderr)
+    if proc.returncode != 0 or found is None:
+        raise SystemExit(f"pytest failed with {tree}:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    return float(found.group(1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("a")
+    parser.add_argument("b")
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--tests", type=int, default=300)
+    args = parser.parse_args()
+    repo = _repo()
+    work = tempfile.mkdtemp(prefix="sandlock-ab-")
+    suite = os.path.join(work, "suite")
+    os.mkdir(suite)
+    with open(os.path.join(suite, "conftest.py"), "w") as fh:
+        fh.write(CONFTEST)
+    with open(os.path.join(suite, "test_trivial.py"), "w") as fh:
+        fh.write(TESTS.format(n=args.tests))
+    with open(os.path.join(suite, "pytest.ini"), "w") as fh:
+        fh.write("[pytest]\n")
+    trees = {name: os.path.join(work, name) for name in ("A", "B")}
+    try:
+        for name, commit in (("A", args.a), ("B", args.b)):
+            subprocess.run(
+                ["git", "-C", repo, "worktree", "add", "--detach", trees[name], commit],
+                check=True,
+                capture_output=True,
+            )
+            # Bytecode written once, as an installed wheel has it (see bench_plugin.py).
+            subprocess.run([sys.executable, "-m", "compileall", "-q", trees[name]], check=True)
+        times: dict[str, list[float]] = {"A": [], "B": []}
+        for round_no in range(args.rounds):
+            for name in ("A", "B") if round_no % 2 == 0 else ("B", "A"):
+                times[name].append(_protocol_ms(suite, trees[name]))
+        ratios = [b / a for a, b in zip(times["A"], times["B"])]
+        print(f"A {args.a}: {statistics.median(times['A']):.3f} ms per test (runtest protocol, median)")
+        print(f"B {args.b}: {statistics.median(times['B']):.3f} ms per test")
+        print(f"B/A: {statistics.median(ratios):.3f}x (range {min(ratios):.3f}-{max(ratios):.3f})")
+    finally:
+        for tree in trees.values():
+            subprocess.run(["git", "-C", repo, "worktree", "remove", "--force", tree], capture_output=True)
+        subprocess.run(["git", "-C", repo, "worktree", "prune"], capture_output=True)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
