@@ -20,29 +20,17 @@ import subprocess
 import sys
 import tempfile
 
-CONFTEST = """
-import statistics, sys, time
-import pytest
+from bench_plugin import PROTOCOL_TIMER, TRIVIAL
 
-TIMES = []
-
-@pytest.hookimpl(hookwrapper=True, tryfirst=True)
-def pytest_runtest_protocol(item, nextitem):
-    start = time.perf_counter()
-    yield
-    TIMES.append(time.perf_counter() - start)
-
+# The suite's conftest and tests are bench_plugin.py's (this directory is first on sys.path).
+CONFTEST = (
+    "import statistics, sys, time\nimport pytest\n"
+    + PROTOCOL_TIMER
+    + """
 def pytest_sessionfinish(session):
-    sys.stderr.write(f"PROTOCOL {statistics.median(TIMES[20:] or TIMES) * 1e3:.4f} ms\\n")
+    sys.stderr.write(f"PROTOCOL {statistics.median(_protocol[20:] or _protocol) * 1e3:.4f} ms\\n")
 """
-
-TESTS = """
-import pytest
-
-@pytest.mark.parametrize("i", range({n}))
-def test_trivial(i):
-    assert i >= 0
-"""
+)
 
 
 def _repo() -> str:
@@ -76,7 +64,7 @@ def main() -> None:
     with open(os.path.join(suite, "conftest.py"), "w") as fh:
         fh.write(CONFTEST)
     with open(os.path.join(suite, "test_trivial.py"), "w") as fh:
-        fh.write(TESTS.format(n=args.tests))
+        fh.write(TRIVIAL.format(n=args.tests))
     with open(os.path.join(suite, "pytest.ini"), "w") as fh:
         fh.write("[pytest]\n")
     trees = {name: os.path.join(work, name) for name in ("A", "B")}

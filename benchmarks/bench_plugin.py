@@ -30,6 +30,17 @@ import tempfile
 import textwrap
 import time
 
+# Times each test's runtest protocol (shared with ab_commits.py).
+PROTOCOL_TIMER = """
+_protocol = []
+
+@pytest.hookimpl(hookwrapper=True, tryfirst=True)
+def pytest_runtest_protocol(item, nextitem):
+    start = time.perf_counter()
+    yield
+    _protocol.append(time.perf_counter() - start)
+"""
+
 CONFTEST = """
 import json, os, socket, statistics, threading, time
 import pytest
@@ -93,14 +104,7 @@ def pytest_runtest_call(item):
             pytest.fail("the forked test failed")
         item.runtest = lambda: None
 
-_protocol = []
-
-@pytest.hookimpl(hookwrapper=True, tryfirst=True)
-def pytest_runtest_protocol(item, nextitem):
-    start = time.perf_counter()
-    yield
-    _protocol.append(time.perf_counter() - start)
-
+{protocol_timer}
 def pytest_unconfigure(config):
     if os.environ.get("BENCH_FORK") and _protocol:
         _record("protocol", statistics.median(_protocol[20:] or _protocol))
@@ -133,6 +137,8 @@ def listener():
     yield srv.getsockname()[1]
     srv.close()
 """
+
+CONFTEST = CONFTEST.replace("{protocol_timer}", PROTOCOL_TIMER)
 
 TRIVIAL = """
 import pytest

@@ -422,9 +422,9 @@ class _InterruptGuard:
         return self
 
     def _arm(self) -> None:
-        """Wrap the handlers; called from ``launched``, i.e. in the parent while the child confines
-        itself, where it costs the test nothing. Before that moment a raising handler simply
-        propagates, and the launcher kills the child it may have forked."""
+        """Wrap the handlers; called from ``launched``, i.e. in the parent once it holds the
+        listener, while the child runs the test (off the test's path). Before that moment a raising
+        handler simply propagates, and the launcher or ``Sandbox._supervise`` kills the tree."""
         for signum in self.SIGNALS:
             handler = signal.getsignal(signum)
             if callable(handler):

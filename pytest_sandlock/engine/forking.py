@@ -194,7 +194,13 @@ def _fork(registries: Optional[_Registries]) -> tuple[int, Optional[list[Handler
         return os.fork(), None
     before, parent_handlers, child_handlers = _handlers_to_run(registries)
     sys.audit("os.fork")
-    _run_all(before[::-1])
+    if before:
+        _run_all(before[::-1])
+    if before and not _single_threaded():
+        # A before handler started a thread: a raw fork is no longer safe. Undo what the before
+        # handlers did (their parent handlers), then fork as CPython does, which runs them all.
+        _run_all(parent_handlers)
+        return os.fork(), None
     pid = _libc_fork()
     if pid < 0:
         err = ctypes.get_errno() or 11  # EAGAIN: fork's usual failure

@@ -176,11 +176,6 @@ class _NetPortAttr(ctypes.Structure):
     _fields_ = [("allowed_access", ctypes.c_uint64), ("port", ctypes.c_uint64)]
 
 
-def _syscall(number: int, *args: int) -> int:
-    """Run a raw system call with integer/pointer arguments; raise OSError on failure."""
-    return raw_syscall(number, *args)
-
-
 # --- what the kernel supports ---------------------------------------------------------------------
 
 _abi_cache: Optional[int] = None
@@ -192,7 +187,7 @@ def abi_version() -> int:
     global _abi_cache, _unavailable_reason
     if _abi_cache is None:
         try:
-            _abi_cache = _syscall(SYS_LANDLOCK_CREATE_RULESET, 0, 0, LANDLOCK_CREATE_RULESET_VERSION)
+            _abi_cache = raw_syscall(SYS_LANDLOCK_CREATE_RULESET, 0, 0, LANDLOCK_CREATE_RULESET_VERSION)
         except OSError as exc:
             # ENOSYS: not built in; EOPNOTSUPP: built but not enabled at boot (lsm=). Anything else
             # (a seccomp filter of a container runtime, say) equally means we cannot use it.
@@ -206,7 +201,7 @@ def errata() -> int:
     if abi_version() == 0:
         return 0
     try:
-        return _syscall(SYS_LANDLOCK_CREATE_RULESET, 0, 0, LANDLOCK_CREATE_RULESET_ERRATA)
+        return raw_syscall(SYS_LANDLOCK_CREATE_RULESET, 0, 0, LANDLOCK_CREATE_RULESET_ERRATA)
     except OSError:  # kernels before 6.15 do not know the flag
         return 0
 
@@ -430,7 +425,7 @@ def _add_path_rule(ruleset_fd: int, rule: _Rule, handled: int, notes: List[str])
             return False
         attr = _PathBeneathAttr(allowed_access=access, parent_fd=fd)
         try:
-            _syscall(SYS_LANDLOCK_ADD_RULE, ruleset_fd, LANDLOCK_RULE_PATH_BENEATH, ctypes.addressof(attr), 0)
+            raw_syscall(SYS_LANDLOCK_ADD_RULE, ruleset_fd, LANDLOCK_RULE_PATH_BENEATH, ctypes.addressof(attr))
         except OSError as exc:
             if exc.errno != errno.EBADFD:
                 raise OSError(exc.errno, f"landlock_add_rule({rule.path!r}): {exc.strerror}") from None
@@ -475,7 +470,7 @@ def _port_rules(spec: LandlockSpec, handled_net: int) -> Dict[int, int]:
 def _add_port_rule(ruleset_fd: int, port: int, access: int) -> None:
     attr = _NetPortAttr(allowed_access=access, port=port)
     try:
-        _syscall(SYS_LANDLOCK_ADD_RULE, ruleset_fd, LANDLOCK_RULE_NET_PORT, ctypes.addressof(attr), 0)
+        raw_syscall(SYS_LANDLOCK_ADD_RULE, ruleset_fd, LANDLOCK_RULE_NET_PORT, ctypes.addressof(attr))
     except OSError as exc:
         raise OSError(exc.errno, f"landlock_add_rule(port {port}): {exc.strerror}") from None
 
@@ -504,7 +499,7 @@ def _fs_notes(abi: int) -> List[str]:
 def _create_ruleset(abi: int, handled_fs: int, handled_net: int, scoped: int) -> int:
     attr = _RulesetAttr(handled_access_fs=handled_fs, handled_access_net=handled_net, scoped=scoped)
     try:
-        return _syscall(SYS_LANDLOCK_CREATE_RULESET, ctypes.addressof(attr), _ruleset_attr_size(abi), 0)
+        return raw_syscall(SYS_LANDLOCK_CREATE_RULESET, ctypes.addressof(attr), _ruleset_attr_size(abi))
     except OSError as exc:
         raise OSError(exc.errno, f"landlock_create_ruleset: {exc.strerror}") from None
 

@@ -157,7 +157,7 @@ class Sandbox:
         on_launch: Optional[Callable[[int], None]] = None,
     ) -> None:
         self.policy = policy if policy is not None else Policy()
-        self.on_launch = on_launch  # told the root pid of each run, right after the fork
+        self.on_launch = on_launch  # told the root pid of each run, once the parent holds its listener
         self.policy_fn = policy_fn
         self.audit = audit
         self.close_fds = tuple(close_fds)

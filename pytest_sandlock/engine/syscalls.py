@@ -8,8 +8,8 @@ supervisor performs on a child's behalf with the exact bytes it copied and check
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
+import threading
 from typing import Optional
 
 # The symbols already loaded into the interpreter (libc among them): find_library would spawn ldconfig.
@@ -246,18 +246,26 @@ def sendto_raw(fd: int, data: bytes, flags: int, sockaddr: Optional[bytes]) -> i
     return _neg_errno(_sendto(fd, data, len(data), flags, sockaddr, len(sockaddr)))
 
 
-# One buffer for every getsockopt: the supervisor is single-threaded, and a call per notification
-# should not allocate ctypes objects.
-_opt_value = ctypes.c_int(0)
-_opt_size = ctypes.c_uint32(4)
-_opt_value_ref = ctypes.byref(_opt_value)
-_opt_size_ref = ctypes.byref(_opt_size)
+class _OptBuffers(threading.local):
+    """getsockopt's value and size buffers, reused: a call per notification should not allocate
+    ctypes objects. One pair per thread: two sandboxes supervised from two threads must not read
+    each other's answer (the call releases the GIL)."""
+
+    def __init__(self) -> None:
+        self.value = ctypes.c_int(0)
+        self.size = ctypes.c_uint32(4)
+        self.value_ref = ctypes.byref(self.value)
+        self.size_ref = ctypes.byref(self.size)
+
+
+_opt = _OptBuffers()
 
 
 def getsockopt_int(fd: int, level: int, option: int) -> int:
-    _opt_size.value = 4
-    _check(_getsockopt(fd, level, option, _opt_value_ref, _opt_size_ref))
-    return _opt_value.value
+    opt = _opt
+    opt.size.value = 4
+    _check(_getsockopt(fd, level, option, opt.value_ref, opt.size_ref))
+    return opt.value.value
 
 
 _process_vm_writev = _libc.process_vm_writev

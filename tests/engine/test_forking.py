@@ -147,3 +147,27 @@ def test_sandboxed_child_runs_at_fork_handlers_confined(os_fork: str, mode: str)
     """The fast fork runs a sandbox child's at-fork handlers under its seccomp filter (mode 2);
     after os.fork() they ran before it (mode 0), which is what the control shows."""
     assert _run_script(CONFINED_HANDLER, {"PYTEST_SANDLOCK_OS_FORK": os_fork})[0] == mode
+
+
+def test_a_before_handler_that_starts_a_thread_means_os_fork() -> None:
+    """A raw fork is only safe with one thread: if a ``before`` handler starts one, the fork falls
+    back to os.fork() (the parent handlers undo the first round of ``before`` handlers)."""
+    out = _run(
+        """
+        stop = threading.Event()
+        def start_thread():
+            if not calls.count("started"):
+                calls.append("started")
+                threading.Thread(target=stop.wait).start()
+        os.register_at_fork(before=start_thread)
+        pid, handlers = forking.fork()
+        if pid == 0:
+            report_from_child(handlers)
+        stop.set()
+        collect(pid, {"parent_calls": list(calls)})
+        """
+    )
+    assert out["handlers_ran"] is True  # os.fork(): CPython ran the child's handlers
+    assert out["calls_at_start"][-2:] == ["child-1", "child-2"]
+    parent = out["parent_calls"]
+    assert parent[0] == "started" and parent.count("parent-1") == 2  # undone once, then os.fork's

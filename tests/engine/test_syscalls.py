@@ -33,3 +33,33 @@ def test_success_returns_the_result() -> None:
         assert os.readlink(f"/proc/self/fd/{pidfd}") == "anon_inode:[pidfd]"
     finally:
         os.close(pidfd)
+
+
+def test_getsockopt_answers_stay_with_their_thread() -> None:
+    """The reused getsockopt buffers are per thread: two supervisors in two threads must each read
+    their own socket's answer."""
+    import socket
+    import threading
+
+    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    wrong: list[tuple[int, int]] = []
+
+    def ask(sock: socket.socket, expected: int) -> None:
+        for _ in range(20000):
+            got = syscalls.getsockopt_int(sock.fileno(), socket.SOL_SOCKET, socket.SO_TYPE)
+            if got != expected:
+                wrong.append((expected, got))
+                return
+
+    threads = [
+        threading.Thread(target=ask, args=(tcp, socket.SOCK_STREAM)),
+        threading.Thread(target=ask, args=(udp, socket.SOCK_DGRAM)),
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    tcp.close()
+    udp.close()
+    assert wrong == []
