@@ -195,7 +195,7 @@ class LivePolicyClient:
 
 
 _client: Optional[LivePolicyClient] = None
-_client_fds: Optional[tuple[int, int]] = None  # set in the confined child; the client is built on use
+_client_fds: Optional[tuple[int, int]] = None  # inherited by the confined child; the client is built on use
 
 
 def client() -> Optional[LivePolicyClient]:
@@ -206,8 +206,12 @@ def client() -> Optional[LivePolicyClient]:
     return _client
 
 
-def _install_client(request_fd: int, response_fd: int) -> None:
-    """Called by the launcher in the child, before the test: only two ints are stored (an object
-    built here would cost page faults in every sandboxed test, most of which never use it)."""
-    global _client, _client_fds
-    _client, _client_fds = None, (request_fd, response_fd)
+def set_client_fds(fds: Optional[tuple[int, int]]) -> Optional[tuple[int, int]]:
+    """Set the descriptors the next ``client()`` talks through; returns the previous ones.
+
+    The launcher sets them in the parent just before the fork and restores them just after, so
+    that the child inherits them without writing anything (every page written in a just-forked
+    child is a copy-on-write fault, and most sandboxed tests never use the client)."""
+    global _client_fds
+    previous, _client_fds = _client_fds, fds
+    return previous

@@ -571,7 +571,7 @@ def restrict_self(ruleset: Ruleset, close_inherited: bool = True) -> None:
     try:
         raw_syscall(SYS_LANDLOCK_RESTRICT_SELF, ruleset.fd, 0)
     except OSError as exc:
-        raise _restrict_error(exc) from None
+        raise restrict_error(exc) from None
     if close_inherited and ruleset.owner_pid != os.getpid():
         _close_inherited(ruleset)
 
@@ -583,7 +583,8 @@ def cached_fds() -> tuple[int, ...]:
     return tuple(r.fd for r in list(_cache.values()) if r.owner_pid == pid and not r.closed)
 
 
-def _restrict_error(exc: OSError) -> Exception:
+def restrict_error(exc: OSError) -> Exception:
+    """The exception a failed ``landlock_restrict_self`` raises, with what the errno means here."""
     code = exc.errno
     if code in (errno.ENOSYS, errno.EOPNOTSUPP):
         return KernelFeatureError(f"landlock_restrict_self: Landlock is not available ({exc.strerror})")

@@ -4,13 +4,16 @@ Child, before any code it was asked to run:
   1. parent-death signal (SIGKILL), so the child never outlives a killed pytest; refuses to go on
      if it has a second thread (one would escape: seccomp and Landlock confine the calling thread);
   2. RLIMIT_AS when a memory limit is set;
-  3. no_new_privs, then the cached Landlock ruleset (skipped in audit mode: nothing is denied);
+  3. the capability drop (run as root), no_new_privs, then the cached Landlock ruleset (skipped in
+     audit mode: nothing is denied);
   4. the precompiled seccomp program with a notification listener;
   5. tells the parent the listener's fd number; the parent copies it with ``pidfd_getfd`` (SCM_RIGHTS
      would deadlock once sendmsg is supervised) and acknowledges; the child closes its own copy, so
      that if the supervisor dies, supervised syscalls fail with ENOSYS instead of blocking forever;
-  6. closes the descriptors it was told to close (pytest's, the cached Landlock rulesets), runs the
-     at-fork handlers the fast fork left to it (see ``forking``), then the target.
+  6. closes the descriptors it was told to close (the parent's pipe ends, pytest's, the cached
+     Landlock rulesets and /proc files) while the parent copies the listener; once acknowledged,
+     runs the at-fork handlers the fast fork left to it (see ``forking``), then the target.
+Steps 1-4 are one loop over syscalls prepared in the parent (``confinement_steps``).
 Any failure in 1-5 is reported to the parent and the target never runs: confinement is never skipped.
 """
 
@@ -30,12 +33,21 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Optional
 
-from . import forking, landlock, seccomp_filter
-from .channel import ChannelServer, _install_client
+from . import channel, forking, landlock, seccomp_filter
+from .channel import ChannelServer
 from .errors import KernelFeatureError, SandboxError
 from .notify import Listener
 from .proctree import ProcessTree
-from .syscalls import PR_SET_PDEATHSIG, pidfd_getfd, prctl, raw_syscall
+from .syscalls import (
+    NR_PRCTL,
+    NR_SECCOMP,
+    PR_SET_NO_NEW_PRIVS,
+    PR_SET_PDEATHSIG,
+    last_errno,
+    pidfd_getfd,
+    raw_syscall,
+    syscall6,
+)
 
 _SYNC = struct.Struct("=iQ")
 _SIGKILL = int(signal.SIGKILL)  # a plain int: the child touches no enum object for it
@@ -154,33 +166,57 @@ def prepare_capability_drop() -> Optional[CapabilityDrop]:
     return drop
 
 
-def drop_capabilities(prepared: Optional[CapabilityDrop]) -> None:
-    """Lower the effective, permitted and inheritable sets (ambient ones go with them). The bounding
-    set needs no change: no_new_privs, set next, keeps execve from granting anything back."""
-    if prepared is None:
-        return
-    try:
-        raw_syscall(_NR_CAPSET, prepared.header_address, prepared.data_address)
-    except OSError as exc:
-        raise OSError(exc.errno, "capset failed while dropping capabilities") from None
+# The child's confinement as a flat list of syscalls, built in the parent: (number, four arguments,
+# step). The child runs them in one loop through one ctypes function: every Python function called
+# and every object touched in a just-forked child is a copy-on-write page fault (~2.3 us here).
+_STEP_PDEATHSIG, _STEP_CAPSET, _STEP_NO_NEW_PRIVS, _STEP_LANDLOCK, _STEP_SECCOMP = range(5)
+Step = tuple[int, int, int, int, int, int]
 
 
-def _child_confine(conf: Confinement, parent: int, sync_w: int, handlers_ran: bool) -> int:
+def confinement_steps(conf: Confinement) -> tuple[Step, ...]:
+    """The syscalls that confine the child, in order: capset (when capabilities are dropped),
+    no_new_privs, Landlock (unless audit), seccomp with a listener (its result is the listener)."""
+    steps: list[Step] = []
+    drop = conf.capability_drop
+    if drop is not None:
+        steps.append((_NR_CAPSET, drop.header_address, drop.data_address, 0, 0, _STEP_CAPSET))
+    steps.append((NR_PRCTL, PR_SET_NO_NEW_PRIVS, 1, 0, 0, _STEP_NO_NEW_PRIVS))
+    if conf.ruleset is not None:
+        if conf.ruleset.closed:
+            raise SandboxError("restrict_self: the Landlock ruleset is closed")
+        steps.append((landlock.SYS_LANDLOCK_RESTRICT_SELF, conf.ruleset.fd, 0, 0, 0, _STEP_LANDLOCK))
+    flags = seccomp_filter.FLAG_NEW_LISTENER
+    if conf.wait_killable:
+        flags |= seccomp_filter.FLAG_WAIT_KILLABLE_RECV
+    address = conf.compiled.fprog_address
+    steps.append((NR_SECCOMP, seccomp_filter.SECCOMP_SET_MODE_FILTER, flags, address, 0, _STEP_SECCOMP))
+    return tuple(steps)
+
+
+def _step_error(step: int, err: int) -> Exception:
+    """What a failed confinement step raises (the child reports it to the parent as text)."""
+    failure = OSError(err, os.strerror(err))
+    if step == _STEP_PDEATHSIG:
+        return OSError(err, f"prctl(PR_SET_PDEATHSIG): {failure.strerror}")
+    if step == _STEP_CAPSET:
+        return OSError(err, "capset failed while dropping capabilities")
+    if step == _STEP_NO_NEW_PRIVS:
+        return OSError(err, f"prctl(PR_SET_NO_NEW_PRIVS): {failure.strerror}")
+    if step == _STEP_LANDLOCK:
+        return landlock.restrict_error(failure)
+    return OSError(err, f"seccomp(SECCOMP_SET_MODE_FILTER): {failure.strerror}")
+
+
+def _child_confine(
+    conf: Confinement, steps: tuple[Step, ...], parent: int, sync_w: int, handlers_ran: bool
+) -> int:
     """Confine this (child) process; returns the listener fd, reported to the parent but still open."""
-    prctl(PR_SET_PDEATHSIG, _SIGKILL)
+    if syscall6(NR_PRCTL, PR_SET_PDEATHSIG, _SIGKILL, 0, 0, 0) < 0:
+        raise _step_error(_STEP_PDEATHSIG, last_errno())
     if os.getppid() != parent:  # the parent died between fork and prctl
         os._exit(1)
-    threads = forking.thread_count() if handlers_ran else 1
-    if threads != 1:
-        # Seccomp and Landlock confine the calling thread only. After os.fork() the interpreter
-        # has run os.register_at_fork handlers already; one that started a thread would leave it
-        # outside the sandbox. (The fast fork runs them after confinement instead.)
-        if threads < 0:
-            raise SandboxError("cannot count the child's threads (/proc/self/task): refusing to confine")
-        raise SandboxError(
-            "the child has more than one thread before confinement (started by an "
-            "os.register_at_fork handler?): it would run unconfined"
-        )
+    if handlers_ran:  # os.fork() ran the at-fork handlers already
+        _refuse_threads()
     base = 0
     if conf.max_memory is not None:
         # A forked Python target may use max_memory beyond the address space it inherited; a
@@ -190,22 +226,27 @@ def _child_confine(conf: Confinement, parent: int, sync_w: int, handlers_ran: bo
         base = _vm_size() if conf.inherits_memory else 0
         limit = base + conf.max_memory
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    drop_capabilities(conf.capability_drop)
-    landlock.set_no_new_privs()
-    if conf.ruleset is not None:
-        landlock.restrict_self(conf.ruleset, close_inherited=False)  # closed with conf.close_fds
-    listener = seccomp_filter.install(conf.compiled, conf.wait_killable)
+    listener = -1
+    for number, a, b, c, d, step in steps:
+        listener = syscall6(number, a, b, c, d, 0)
+        if listener < 0:
+            raise _step_error(step, last_errno())
     os.write(sync_w, b"L" + _SYNC.pack(listener, base))
     return listener
 
 
-def _await_handoff(ack_r: int, listener: int) -> None:
-    """Block until the parent holds the listener, then drop ours: no code we did not write runs
-    while this process could answer its own notifications (KERNEL-NOTES trap 11)."""
-    if os.read(ack_r, 1) != b"k":
-        os._exit(1)
-    os.close(listener)
-    os.close(ack_r)
+def _refuse_threads() -> None:
+    """Seccomp and Landlock confine the calling thread only. After os.fork() the interpreter has
+    run the os.register_at_fork handlers already: a thread one of them started would run
+    unconfined. (The fast fork runs them after confinement instead.)"""
+    threads = forking.thread_count()
+    if threads < 0:
+        raise SandboxError("cannot count the child's threads (/proc/self/task): refusing to confine")
+    if threads != 1:
+        raise SandboxError(
+            "the child has more than one thread before confinement (started by an "
+            "os.register_at_fork handler?): it would run unconfined"
+        )
 
 
 def launch(
@@ -236,7 +277,12 @@ def launch(
     child_only = [sync_w, ack_r, result_w, req_w, resp_r] + [w for _, w in out_pipes]
     tree = ProcessTree()
     parent = os.getpid()
+    # The child closes the parent's ends, its sync end once the listener is reported, and what it
+    # was told to close; it keeps its own ends, the output pipes (dup2'd first) and 0-2.
+    keep = {result_w, req_w, resp_r, ack_r, 0, 1, 2, *(w for _, w in out_pipes)}
+    to_close = (*parent_only, sync_w, *(fd for fd in conf.close_fds if fd not in keep))
     try:
+        steps = confinement_steps(conf)
         tree.prepare()  # before the fork: the parent's side of the hand-off is the critical path
     except BaseException:
         for fd in parent_only + child_only:
@@ -244,25 +290,32 @@ def launch(
         raise
     sys.stdout.flush()
     sys.stderr.flush()
+    # The child's live-policy client learns its descriptors from the fork itself: set here, undone
+    # in the parent right after (set in the child, it would be one more page fault before the test).
+    client_fds = channel.set_client_fds((req_w, resp_r))
     try:
         pid, child_handlers = forking.fork()
     except BaseException:
+        channel.set_client_fds(client_fds)
         tree.stop()
         for fd in parent_only + child_only:
             os.close(fd)
         raise
     if pid == 0:  # ---------------------------------------------------------------- child
+        # Inline on purpose, no helpers: see confinement_steps.
         try:
-            for fd in parent_only:
-                os.close(fd)
             try:
-                child_listener = _child_confine(conf, parent, sync_w, child_handlers is None)
+                child_listener = _child_confine(conf, steps, parent, sync_w, child_handlers is None)
             except BaseException as exc:  # noqa: BLE001 - report anything, then die
                 message = f"{type(exc).__name__}: {exc}"
                 os.write(sync_w, b"E" + message.encode("utf-8", "replace")[:4000])
                 os._exit(70)
-            os.close(sync_w)
             # Trusted housekeeping overlaps with the parent fetching the listener.
+            for fd in to_close:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
             if out_pipes:
                 os.dup2(out_pipes[0][1], 1)
                 os.dup2(out_pipes[1][1], 2)
@@ -272,15 +325,12 @@ def launch(
                 devnull = os.open(os.devnull, os.O_RDONLY)
                 os.dup2(devnull, 0)
                 os.close(devnull)
-            keep = {result_w, req_w, resp_r, ack_r, child_listener, 0, 1, 2}
-            for fd in conf.close_fds:
-                if fd not in keep:
-                    try:
-                        os.close(fd)
-                    except OSError:
-                        pass
-            _install_client(req_w, resp_r)
-            _await_handoff(ack_r, child_listener)
+            # Wait until the parent holds the listener, then drop ours: no code we did not write
+            # runs while this process could answer its own notifications (KERNEL-NOTES trap 11).
+            if os.read(ack_r, 1) != b"k":
+                os._exit(1)
+            os.close(child_listener)
+            os.close(ack_r)
             if runs_python and child_handlers:  # confined by now: a thread they start is confined too
                 forking.run_child_handlers(child_handlers)
             target(result_w)
@@ -291,6 +341,7 @@ def launch(
                 os._exit(71)
         os._exit(72)
     # ------------------------------------------------------------------------------------ parent
+    channel.set_client_fds(client_fds)
     for fd in child_only:
         os.close(fd)
     pidfd = -1

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-from . import capabilities, landlock, seccomp_filter
+from . import capabilities, landlock, proctree, seccomp_filter
 from .errors import ChildException, KernelFeatureError, SandboxCrash
 from .launcher import Confinement, close_launched, exec_target, launch, prepare_capability_drop
 from .policy import Policy, PolicyContext, SyscallEvent, tcp_ports_of
@@ -44,6 +44,7 @@ SYSTEM_READABLE = (
 _LEN = RESULT_HEADER
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 _OK_NONE = pickle.dumps(("ok", None), protocol=_PROTOCOL)  # built here, not in each child
+_FRAMED_OK_NONE = _LEN.pack(len(_OK_NONE)) + _OK_NONE  # what a child returning None writes, as is
 
 
 @functools.lru_cache(maxsize=256)
@@ -206,7 +207,7 @@ class Sandbox:
             compiled=self.compiled,
             max_memory=self.policy.max_memory,
             # The cached Landlock rulesets too: whoever holds one can add rules to it.
-            close_fds=self.close_fds + landlock.cached_fds(),
+            close_fds=self.close_fds + landlock.cached_fds() + proctree.kept_fds(),
             wait_killable=self.capabilities.wait_killable_recv,
             capability_drop=prepare_capability_drop(),
             inherits_memory=runs_python,
@@ -231,6 +232,7 @@ class Sandbox:
             reap_deferred()
             if on_launch is not None:
                 on_launch(launched.pid)
+            launched.tree.watch()
             supervisor = Supervisor(
                 listener=launched.listener,
                 ctx=ctx,
@@ -303,7 +305,9 @@ class Sandbox:
                     stream.flush()
                 except Exception:  # noqa: BLE001
                     pass
-            _write_result(result_fd, payload)
+            _write_result(
+                result_fd, _FRAMED_OK_NONE if payload is _OK_NONE else _LEN.pack(len(payload)) + payload
+            )
             os._exit(0)
 
         supervisor, outcome = self._supervise(target, framed_result=True)
@@ -324,8 +328,8 @@ class Sandbox:
         return f"{self.policy.timeout}s" if self.policy.timeout is not None else "the deadline"
 
 
-def _write_result(fd: int, payload: bytes) -> None:
-    data = memoryview(_LEN.pack(len(payload)) + payload)
+def _write_result(fd: int, framed: bytes) -> None:
+    data = memoryview(framed)
     while data:
         written = os.write(fd, data)
         data = data[written:]

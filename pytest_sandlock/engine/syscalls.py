@@ -112,6 +112,14 @@ _errno_location.restype = ctypes.POINTER(ctypes.c_int)
 _errno_location.argtypes = []
 
 
+syscall6 = _syscall6  # for callers that check the result themselves (the child's confinement loop)
+
+
+def last_errno() -> int:
+    """errno of the last failed call made through ``syscall6``."""
+    return int(_errno_location()[0])
+
+
 def _check_raw(result: int) -> int:
     if result < 0:
         err = _errno_location()[0]

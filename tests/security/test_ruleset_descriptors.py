@@ -47,3 +47,25 @@ def test_ruleset_descriptors_control() -> None:
     os.close(r)
     os.waitpid(pid, 0)
     assert cached and cached <= set(json.loads(seen))
+
+
+def children_files_here() -> list[str]:
+    found = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:
+            continue
+        if target.endswith("/children"):
+            found.append(target)
+    return found
+
+
+def test_no_kept_children_file_reaches_a_sandbox() -> None:
+    """The process tree keeps /proc children files open between runs (this process's, each
+    root's while it runs); none may reach a sandboxed process, from the first run on."""
+    from pytest_sandlock.engine import proctree
+
+    for _ in range(2):
+        assert Sandbox(Policy(net=["127.0.0.1"])).call(children_files_here).value == []
+    assert proctree.kept_fds()  # the parent does keep one: the assertion above means something

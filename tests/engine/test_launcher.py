@@ -1,0 +1,90 @@
+"""launcher: the child's confinement steps, their failures, and what the fork hands the child.
+
+The steps run in a forked child (the engine's own fork): nothing here confines the test process."""
+
+from __future__ import annotations
+
+import errno
+import os
+
+import pytest
+
+from pytest_sandlock.engine import channel, landlock, launcher, seccomp_filter
+from pytest_sandlock.engine.errors import KernelFeatureError, SandboxError
+from pytest_sandlock.engine.policy import Policy
+from pytest_sandlock.engine.sandbox import Sandbox
+from pytest_sandlock.engine.syscalls import NR_SECCOMP
+
+CAPSET = 126
+
+
+def _numbers(steps: tuple[launcher.Step, ...]) -> list[int]:
+    return [step[0] for step in steps]
+
+
+def test_steps_in_order_with_the_listener_last() -> None:
+    sandbox = Sandbox(Policy(net=["127.0.0.1"]))
+    assert sandbox.ruleset is not None
+    drop = launcher.prepare_capability_drop()
+    conf = launcher.Confinement(ruleset=sandbox.ruleset, compiled=sandbox.compiled, capability_drop=drop)
+    numbers = _numbers(launcher.confinement_steps(conf))
+    expected = [launcher.NR_PRCTL, landlock.SYS_LANDLOCK_RESTRICT_SELF, NR_SECCOMP]
+    if drop is not None:  # run as root: capabilities go first, while capset is still allowed
+        expected.insert(0, CAPSET)
+    assert numbers == expected
+    last = launcher.confinement_steps(conf)[-1]
+    assert last[2] & seccomp_filter.FLAG_NEW_LISTENER
+    assert last[3] == sandbox.compiled.fprog_address
+
+
+def test_no_landlock_step_without_a_ruleset() -> None:
+    conf = launcher.Confinement(ruleset=None, compiled=seccomp_filter.compiled_filter(False))
+    assert landlock.SYS_LANDLOCK_RESTRICT_SELF not in _numbers(launcher.confinement_steps(conf))
+
+
+def test_a_closed_ruleset_is_refused_before_the_fork(tmp_path) -> None:
+    ruleset = landlock.build_ruleset(landlock.LandlockSpec(fs_write=(str(tmp_path),)))
+    ruleset.close()
+    conf = launcher.Confinement(ruleset=ruleset, compiled=seccomp_filter.compiled_filter(False))
+    with pytest.raises(SandboxError, match="ruleset is closed"):
+        launcher.confinement_steps(conf)
+
+
+def _marker_target(path: str):
+    def target(result_fd: int) -> None:
+        with open(path, "w") as fh:
+            fh.write("ran")
+        os._exit(0)
+
+    return target
+
+
+def test_a_failing_step_is_reported_and_the_target_never_runs(tmp_path) -> None:
+    """A seccomp program the kernel rejects (an invalid instruction): the child reports the step's
+    errno, the parent raises, and the target was never called."""
+    marker = tmp_path / "ran"
+    bad = seccomp_filter.from_program(b"\xff\xff\x00\x00\x00\x00\x00\x00")
+    conf = launcher.Confinement(ruleset=None, compiled=bad)
+    with pytest.raises(KernelFeatureError) as info:
+        launcher.launch(conf, _marker_target(str(marker)))
+    assert "seccomp(SECCOMP_SET_MODE_FILTER)" in str(info.value)
+    assert os.strerror(errno.EINVAL) in str(info.value)
+    assert not marker.exists()
+
+
+def test_step_errors_name_the_step() -> None:
+    assert "capset" in str(launcher._step_error(launcher._STEP_CAPSET, errno.EPERM))
+    assert "PR_SET_NO_NEW_PRIVS" in str(launcher._step_error(launcher._STEP_NO_NEW_PRIVS, errno.EINVAL))
+    assert "PR_SET_PDEATHSIG" in str(launcher._step_error(launcher._STEP_PDEATHSIG, errno.EINVAL))
+    assert isinstance(launcher._step_error(launcher._STEP_LANDLOCK, errno.ENOSYS), KernelFeatureError)
+
+
+def _client_fds_here() -> object:
+    return channel._client_fds
+
+
+def test_the_child_inherits_its_client_descriptors_and_the_parent_keeps_none() -> None:
+    before = channel._client_fds
+    seen = Sandbox(Policy(net=["127.0.0.1"])).call(_client_fds_here).value
+    assert isinstance(seen, tuple) and len(seen) == 2 and all(isinstance(fd, int) for fd in seen)
+    assert channel._client_fds == before  # restored in the parent right after the fork
