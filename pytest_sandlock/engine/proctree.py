@@ -219,16 +219,18 @@ class ProcessTree:
         self._children_before: set[int] = set()
         self._became_subreaper = False
 
-    def prepare(self) -> None:
-        """Call just before forking the root: snapshot our other children and become a subreaper.
+    def start(self, root: int) -> None:
+        """Call right after forking ``root``, before it runs anything it was asked to run: snapshot
+        our other children and become a subreaper.
 
-        Before the fork rather than after it: there the parent's side of the listener hand-off is
-        the critical path, and every page it writes is a copy-on-write fault. A child that another
-        thread forks in between is not taken for the sandbox's: adopted processes must carry more
-        seccomp filters than we do."""
+        The root cannot start a process before the hand-off, so this runs while it confines itself
+        and the parent would only wait. A child that another thread forks in between is not taken
+        for the sandbox's: adopted processes must carry more seccomp filters than we do."""
+        self.root = root
         own = os.getpid()
         _keep_children_fd(own)
         self._children_before = set(_children_of(own))
+        self._children_before.discard(root)
         try:
             prctl(PR_GET_CHILD_SUBREAPER, ctypes.addressof(_flag))
             if not _flag.value:
@@ -236,11 +238,6 @@ class ProcessTree:
                 self._became_subreaper = True
         except OSError:
             pass
-
-    def start(self, root: int) -> None:
-        """Call right after forking ``root`` (``prepare`` came before the fork)."""
-        self.root = root
-        self._children_before.discard(root)
 
     def watch(self) -> None:
         """Open the root's children file now, while the root runs its target and this process has

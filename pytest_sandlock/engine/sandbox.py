@@ -220,12 +220,14 @@ class Sandbox:
             if supervisor is not None:
                 supervisor.policy_changed(field_name)
 
-        ctx = PolicyContext(self.policy, on_change=on_change)
-        ctx.process_limit_supervised = self.policy.max_processes is not None
         launched = launch(
             conf, target, capture_output=capture_output, stdin_devnull=capture_output, runs_python=runs_python
         )
+        ctx: Optional[PolicyContext] = None
         try:
+            # The parent's own state is built once the child runs: it is not on the child's path.
+            ctx = PolicyContext(self.policy, on_change=on_change)
+            ctx.process_limit_supervised = self.policy.max_processes is not None
             deadline = None if effective_timeout is None else time.monotonic() + effective_timeout
             # Bookkeeping once the child runs its target (the hand-off did not wait for it); a
             # failure here, or a signal handler raising, kills the tree like any other below.
@@ -261,7 +263,8 @@ class Sandbox:
                 launched.tree.kill_all()
             close_launched(launched)
             launched.channel.bind(None)  # break supervisor <-> channel and ctx <-> closure cycles
-            ctx.set_on_change(None)
+            if ctx is not None:
+                ctx.set_on_change(None)
         return supervisor, outcome
 
     def run(
