@@ -1,4 +1,5 @@
-"""Process ids of a notifying thread: ``PIDFD_GET_INFO`` (Linux 6.13+), and ``/proc`` as the fallback."""
+"""Process ids of a notifying thread (``PIDFD_GET_INFO``, Linux 6.13+, and ``/proc`` as the fallback), and
+the sandbox's process tree told apart from the supervising process's other children."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -54,3 +56,46 @@ def test_the_pidfd_path_is_taken_on_this_kernel() -> None:
         pytest.skip("PIDFD_GET_INFO needs Linux 6.13+")
     proctree.read_ids(os.getpid())
     assert proctree._pidfd_info_works
+
+
+def _leave_an_orphan(pid_file: str) -> None:
+    """Double fork: the grandchild is re-parented to the supervising process (a subreaper)."""
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            with open(pid_file, "w") as fh:
+                fh.write(str(os.getpid()))
+            time.sleep(60)
+        os._exit(0)
+    deadline = time.monotonic() + 10
+    while not (os.path.exists(pid_file) and open(pid_file).read()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_an_orphan_of_the_sandbox_dies_and_an_unrelated_child_lives(tmp_path) -> None:
+    """The tree is told apart from the supervising process's other children (a server a fixture
+    started, say): the sandbox's orphan is killed when the call ends, the other child is not."""
+    from pytest_sandlock.engine.policy import Policy
+    from pytest_sandlock.engine.sandbox import Sandbox
+
+    unrelated = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    pid_file = tmp_path / "orphan.pid"
+    try:
+        Sandbox(Policy(net=["127.0.0.1"], fs_write=[str(tmp_path)])).call(_leave_an_orphan, str(pid_file))
+        orphan = int(pid_file.read_text())
+        deadline = time.monotonic() + 5
+        while _alive(orphan) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert not _alive(orphan)
+        assert unrelated.poll() is None and _alive(unrelated.pid)
+    finally:
+        unrelated.kill()
+        unrelated.wait()
