@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -68,7 +69,7 @@ def _leave_an_orphan(pid_file: str) -> None:
             time.sleep(60)
         os._exit(0)
     deadline = time.monotonic() + 10
-    while not (os.path.exists(pid_file) and open(pid_file).read()) and time.monotonic() < deadline:
+    while not (os.path.exists(pid_file) and Path(pid_file).read_text()) and time.monotonic() < deadline:
         time.sleep(0.01)
 
 
