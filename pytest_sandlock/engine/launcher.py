@@ -308,12 +308,14 @@ def launch(
                 message = f"{type(exc).__name__}: {exc}"
                 os.write(sync_w, b"E" + message.encode("utf-8", "replace")[:4000])
                 os._exit(70)
-            # Trusted housekeeping overlaps with the parent fetching the listener.
+            # Trusted housekeeping overlaps with the parent fetching the listener (which may have
+            # taken the number of a descriptor the caller listed but that was not open).
             for fd in to_close:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
+                if fd != child_listener:
+                    try:
+                        os.close(fd)
+                    except OSError:
+                        pass
             if out_pipes:
                 os.dup2(out_pipes[0][1], 1)
                 os.dup2(out_pipes[1][1], 2)

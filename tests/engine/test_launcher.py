@@ -88,3 +88,12 @@ def test_the_child_inherits_its_client_descriptors_and_the_parent_keeps_none() -
     seen = Sandbox(Policy(net=["127.0.0.1"])).call(_client_fds_here).value
     assert isinstance(seen, tuple) and len(seen) == 2 and all(isinstance(fd, int) for fd in seen)
     assert channel._client_fds == before  # restored in the parent right after the fork
+
+
+def test_a_listed_descriptor_that_is_not_open_never_closes_the_listener() -> None:
+    """The child closes the descriptors it was given after creating its listener, which takes the
+    lowest free number: one of them if the caller listed numbers that were not open."""
+    probe = os.dup(0)
+    os.close(probe)  # the lowest free descriptor now; the launcher's pipes and the listener follow it
+    box = Sandbox(Policy(net=["127.0.0.1"]), close_fds=range(probe, probe + 64))
+    assert box.call(int, "7").value == 7
