@@ -395,7 +395,7 @@ def _receive_listener(sync_r: int, pidfd: int) -> tuple[int, int]:
 def _read_soon(fd: int) -> Optional[bytes]:
     """Poll ``fd`` (non-blocking) for up to HANDOFF_SPIN seconds, yielding the CPU between tries.
 
-    The child needs about 0.35 ms to confine itself. Sleeping in poll() until then costs a wake-up
+    The child needs about 0.2 ms to confine itself. Sleeping in poll() until then costs a wake-up
     on top, which on a virtual machine is tens of microseconds on the way to every test."""
     deadline = time.perf_counter() + HANDOFF_SPIN
     while True:
