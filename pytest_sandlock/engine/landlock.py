@@ -14,10 +14,10 @@ a wrapper, and add no dependency.
 How a ruleset is used:
 
 * the parent calls :func:`get_ruleset` (cached per :class:`LandlockSpec`);
-* the forked child calls :func:`set_no_new_privs` then :func:`restrict_self`, which also closes the
-  child's copies of every cached ruleset descriptor, so code under test cannot add rules to rulesets
-  that later tests will use. Ruleset descriptors are close-on-exec (the kernel sets it), so they never
-  reach an executed program.
+* the forked child sets no_new_privs, then applies it (:func:`restrict_self`, or the same syscall
+  from the launcher's prepared list), and closes its copies of every cached ruleset descriptor
+  (:func:`cached_fds`), so code under test cannot add rules to rulesets that later tests will use.
+  Ruleset descriptors are close-on-exec (the kernel sets it), so they never reach an executed program.
 
 Landlock restricts the calling thread only: call :func:`restrict_self` in a freshly forked child,
 before it starts threads. It restricts new opens: descriptors inherited from the parent keep their
@@ -558,13 +558,13 @@ def set_no_new_privs() -> None:
         raise OSError(exc.errno, f"prctl(PR_SET_NO_NEW_PRIVS): {exc.strerror}") from None
 
 
-def restrict_self(ruleset: Ruleset, close_inherited: bool = True) -> None:
+def restrict_self(ruleset: Ruleset) -> None:
     """Confine the calling thread (and its future children) with ``ruleset``. Irreversible.
 
     In a forked child this then closes the child's copies of every cached ruleset descriptor: the
-    kernel lets any holder add rules to a ruleset, and the parent reuses them for later tests.
-    ``close_inherited=False`` leaves that to the caller (the launcher closes ``cached_fds()``, taken
-    in the parent, with plain ``os.close``: no object of this module is written in the child).
+    kernel lets any holder add rules to a ruleset, and the parent reuses them for later tests. (The
+    launcher does not call this: its child makes the same syscall from a list prepared in the
+    parent, and closes ``cached_fds()`` by number.)
     """
     if ruleset.closed:
         raise SandboxError("restrict_self: the Landlock ruleset is closed")
@@ -572,7 +572,7 @@ def restrict_self(ruleset: Ruleset, close_inherited: bool = True) -> None:
         raw_syscall(SYS_LANDLOCK_RESTRICT_SELF, ruleset.fd, 0)
     except OSError as exc:
         raise restrict_error(exc) from None
-    if close_inherited and ruleset.owner_pid != os.getpid():
+    if ruleset.owner_pid != os.getpid():
         _close_inherited(ruleset)
 
 

@@ -147,12 +147,13 @@ _CAP_DATA_ADDRESS = ctypes.addressof(_cap_data)
 def prepare_capability_drop() -> Optional[CapabilityDrop]:
     """Computed in the parent (the child inherits the same credentials), so that the child only
     makes one syscall; None when there is nothing to drop (an ordinary user). One capget per
-    call; the result is cached per distinct capability state."""
+    call; the result is cached per distinct capability state. If the capabilities cannot be read,
+    nobody can say none need dropping: SandboxError (the test fails, it never runs with them)."""
     _cap_header[1] = 0
     try:
         raw_syscall(_NR_CAPGET, _CAP_HEADER_ADDRESS, _CAP_DATA_ADDRESS)
-    except OSError:
-        return None
+    except OSError as exc:
+        raise SandboxError(f"cannot read this process's capabilities (capget: {exc.strerror})") from None
     current = tuple(_cap_data)
     if current in _cap_drops:
         return _cap_drops[current]

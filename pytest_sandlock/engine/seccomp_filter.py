@@ -37,8 +37,6 @@ from dataclasses import dataclass
 
 import pyseccomp as sc
 
-from .syscalls import seccomp as _seccomp_syscall
-
 SECCOMP_SET_MODE_FILTER = 1
 SECCOMP_GET_NOTIF_SIZES = 3
 FLAG_NEW_LISTENER = 1 << 3
@@ -176,9 +174,3 @@ def from_program(program: bytes) -> CompiledFilter:
 def allow_all() -> CompiledFilter:
     """One instruction, "allow": what the capability probe installs to see which flags work."""
     return from_program(_bpf_insn(_BPF_RET_K, 0, 0, SECCOMP_RET_ALLOW))
-
-
-def install(compiled: CompiledFilter, wait_killable: bool = True) -> int:
-    """Install in the calling (single-threaded) process; returns the listener fd."""
-    flags = FLAG_NEW_LISTENER | (FLAG_WAIT_KILLABLE_RECV if wait_killable else 0)
-    return _seccomp_syscall(SECCOMP_SET_MODE_FILTER, flags, compiled.fprog_address)

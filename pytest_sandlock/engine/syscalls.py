@@ -88,7 +88,7 @@ def _neg_errno(result: int) -> int:
 def prctl(option: int, arg2: int = 0, arg3: int = 0, arg4: int = 0) -> int:
     # Through the same prototyped syscall() as the rest of the child's confinement: a second
     # ctypes function would touch (and so copy) more pages in a just-forked child.
-    return _check_raw(_syscall6(NR_PRCTL, option, arg2, arg3, arg4, 0))
+    return _check_raw(syscall6(NR_PRCTL, option, arg2, arg3, arg4, 0))
 
 
 def pidfd_open(pid: int, flags: int = 0) -> int:
@@ -106,13 +106,10 @@ def pidfd_open(pid: int, flags: int = 0) -> int:
 _L = ctypes.c_long
 _pylibc = ctypes.PyDLL(None)
 # Five arguments after the number: prctl() checks that the ones it does not use are zero.
-_syscall6 = ctypes.PYFUNCTYPE(_L, _L, _L, _L, _L, _L, _L)(("syscall", _pylibc))
+syscall6 = ctypes.PYFUNCTYPE(_L, _L, _L, _L, _L, _L, _L)(("syscall", _pylibc))
 _errno_location = _pylibc.__errno_location
 _errno_location.restype = ctypes.POINTER(ctypes.c_int)
 _errno_location.argtypes = []
-
-
-syscall6 = _syscall6  # for callers that check the result themselves (the child's confinement loop)
 
 
 def last_errno() -> int:
@@ -122,19 +119,19 @@ def last_errno() -> int:
 
 def _check_raw(result: int) -> int:
     if result < 0:
-        err = _errno_location()[0]
+        err = last_errno()
         raise OSError(err, os.strerror(err))
     return result
 
 
 def raw_syscall(number: int, a: int = 0, b: int = 0, c: int = 0, d: int = 0) -> int:
     """A system call with integer or address arguments that returns at once; OSError on failure."""
-    return _check_raw(_syscall6(number, a, b, c, d, 0))
+    return _check_raw(syscall6(number, a, b, c, d, 0))
 
 
 def pidfd_getfd(pidfd: int, targetfd: int) -> int:
     """Duplicate ``targetfd`` of the process behind ``pidfd`` into this process (close-on-exec)."""
-    return _check_raw(_syscall6(NR_PIDFD_GETFD, pidfd, targetfd, 0, 0, 0))
+    return _check_raw(syscall6(NR_PIDFD_GETFD, pidfd, targetfd, 0, 0, 0))
 
 
 def seccomp(operation: int, flags: int, prog: ctypes.c_void_p | int | None) -> int:

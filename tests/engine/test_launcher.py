@@ -97,3 +97,17 @@ def test_a_listed_descriptor_that_is_not_open_never_closes_the_listener() -> Non
     os.close(probe)  # the lowest free descriptor now; the launcher's pipes and the listener follow it
     box = Sandbox(Policy(net=["127.0.0.1"]), close_fds=range(probe, probe + 64))
     assert box.call(int, "7").value == 7
+
+
+def test_unreadable_capabilities_fail_closed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """If capget fails, nothing says which capabilities to drop: the sandbox refuses to run rather
+    than running a root test with all of them (an error path, simulated; no kernel claim here)."""
+
+    def refused(*args: int) -> int:
+        raise OSError(errno.EFAULT, "Bad address")
+
+    monkeypatch.setattr(launcher, "raw_syscall", refused)
+    with pytest.raises(SandboxError, match="cannot read this process's capabilities"):
+        launcher.prepare_capability_drop()
+    with pytest.raises(SandboxError, match="cannot read this process's capabilities"):
+        Sandbox(Policy(net=["127.0.0.1"])).call(int)

@@ -87,6 +87,7 @@ def test_atfork_thread_is_confined(outside: Outside) -> None:
     assert out["value"] == errno.EACCES
     denied = [(e["syscall"], e["host"], e["denied"]) for e in out["events"] if e["syscall"] == "connect"]
     assert denied == [("connect", OUTSIDE, True)]
+    assert outside.drain() == []  # and nothing reached the outside listener
 
 
 def test_atfork_thread_after_os_fork_is_refused(outside: Outside) -> None:

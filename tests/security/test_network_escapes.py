@@ -296,10 +296,16 @@ def same_port_inside(outside: Outside):
 
 @pytest.mark.sandbox(net=LOCAL)
 def test_sockaddr_race_lets_nothing_through(outside: Outside, same_port_inside: Inside) -> None:
-    counts = connect_race(outside.tcp_port, RACE_TRIES)
-    assert set(counts) <= {0, -errno.EACCES}, counts
-    assert sum(counts.values()) == RACE_TRIES
-    # both sides were exercised: some connects checked 127.0.0.1, some 127.0.0.2
+    # Every round must let nothing through (the outside fixture also checks its listener got
+    # nothing). Both sides must be exercised, some connects checked against 127.0.0.1 and some
+    # against 127.0.0.2; on a loaded two-core machine a whole round can go one way, so as in the
+    # control below, up to five rounds.
+    for _ in range(5):
+        counts = connect_race(outside.tcp_port, RACE_TRIES)
+        assert set(counts) <= {0, -errno.EACCES}, counts
+        assert sum(counts.values()) == RACE_TRIES
+        if counts.get(0, 0) > 0 and counts.get(-errno.EACCES, 0) > 0:
+            break
     assert counts.get(0, 0) > 0 and counts.get(-errno.EACCES, 0) > 0, counts
 
 

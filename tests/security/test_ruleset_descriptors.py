@@ -64,8 +64,23 @@ def children_files_here() -> list[str]:
 def test_no_kept_children_file_reaches_a_sandbox() -> None:
     """The process tree keeps /proc children files open between runs (this process's, each
     root's while it runs); none may reach a sandboxed process, from the first run on."""
-    from pytest_sandlock.engine import proctree
-
     for _ in range(2):
         assert Sandbox(Policy(net=["127.0.0.1"])).call(children_files_here).value == []
-    assert proctree.kept_fds()  # the parent does keep one: the assertion above means something
+
+
+def test_kept_children_file_control() -> None:
+    """Without the sandbox, a forked child does hold the pytest process's children file."""
+    from pytest_sandlock.engine import proctree
+
+    kept = proctree.kept_fds()
+    own = f"/proc/{os.getpid()}/task/{os.getpid()}/children"
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(w, json.dumps(children_files_here()).encode())
+        os._exit(0)
+    os.close(w)
+    seen = os.read(r, 4096)
+    os.close(r)
+    os.waitpid(pid, 0)
+    assert kept and own in json.loads(seen)
