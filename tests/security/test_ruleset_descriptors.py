@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
+from typing import Any
 
 from pytest_sandlock.engine import landlock
 from pytest_sandlock.engine.policy import Policy
@@ -24,6 +26,20 @@ def ruleset_fds_here() -> list[int]:
     return found
 
 
+def in_plain_fork(fn: Callable[[], list[Any]]) -> list[Any]:
+    """``fn()`` in a forked child with no sandbox at all: what the controls compare with."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.write(w, json.dumps(fn()).encode())
+        os._exit(0)
+    os.close(w)
+    seen = os.read(r, 4096)
+    os.close(r)
+    os.waitpid(pid, 0)
+    return list(json.loads(seen))
+
+
 def test_no_cached_ruleset_reaches_a_sandbox(tmp_path) -> None:
     strict = Sandbox(Policy(net=["127.0.0.1"]))
     other = Sandbox(Policy(net=["127.0.0.1"], fs_write=[str(tmp_path)]))
@@ -37,16 +53,8 @@ def test_ruleset_descriptors_control() -> None:
     """Without the sandbox, a forked child does hold them: the assertion above can fail."""
     Sandbox(Policy(net=["127.0.0.1"]))
     cached = set(landlock.cached_fds())
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.write(w, json.dumps(ruleset_fds_here()).encode())
-        os._exit(0)
-    os.close(w)
-    seen = os.read(r, 4096)
-    os.close(r)
-    os.waitpid(pid, 0)
-    assert cached and cached <= set(json.loads(seen))
+    seen = in_plain_fork(ruleset_fds_here)
+    assert cached and cached <= set(seen)
 
 
 def children_files_here() -> list[str]:
@@ -74,13 +82,5 @@ def test_kept_children_file_control() -> None:
 
     kept = proctree.kept_fds()
     own = f"/proc/{os.getpid()}/task/{os.getpid()}/children"
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.write(w, json.dumps(children_files_here()).encode())
-        os._exit(0)
-    os.close(w)
-    seen = os.read(r, 4096)
-    os.close(r)
-    os.waitpid(pid, 0)
-    assert kept and own in json.loads(seen)
+    seen = in_plain_fork(children_files_here)
+    assert kept and own in seen
