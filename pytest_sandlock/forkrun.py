@@ -41,7 +41,13 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 import pytest
 
 from pytest_sandlock import strict
-from pytest_sandlock.engine.errors import ChildException, KernelFeatureError, SandboxCrash, SandboxError
+from pytest_sandlock.engine.errors import (
+    ChildException,
+    KernelFeatureError,
+    SandboxCrash,
+    SandboxError,
+    TreeUnreadable,
+)
 from pytest_sandlock.engine.policy import Policy, SyscallEvent, coerce_verdict
 from pytest_sandlock.fixture import FIXTURE_KEY
 from pytest_sandlock.markers import SandboxSpec
@@ -374,19 +380,6 @@ def _parallel_suffix() -> str:
 # --------------------------------------------------------------------------------------------------------
 
 
-_own_filters: Optional[int] = None
-
-
-def _own_filter_count() -> int:
-    """Seccomp filters of the pytest process itself (a confined process has more)."""
-    global _own_filters
-    if _own_filters is None:
-        from pytest_sandlock.engine import proctree
-
-        _own_filters = proctree.seccomp_filter_count(os.getpid())
-    return _own_filters
-
-
 class _InterruptGuard:
     """While the supervisor loop runs, a timeout or Ctrl-C kills the child tree instead of the loop.
 
@@ -505,10 +498,18 @@ class _InterruptGuard:
 
         if self.root is None:
             return False
-        own = _own_filter_count()
-        orphans = [p for p in proctree._children_of(os.getpid()) if proctree.seccomp_filter_count(p) > own]
+        # This runs in a signal handler: an unreadable /proc must not raise here. What was found
+        # is killed; the supervisor's end of run lists the tree again and reports what it cannot.
+        try:
+            orphans = proctree.confined_children(proctree.own_filter_count())
+        except TreeUnreadable as exc:
+            orphans = exc.found
+        try:
+            tree = proctree.descendants([self.root, *orphans])
+        except TreeUnreadable as exc:
+            tree = exc.found or [self.root]
         found = False
-        for pid in proctree.descendants([self.root, *orphans]):
+        for pid in tree:
             try:
                 os.kill(pid, signal.SIGKILL)
                 found = True
@@ -820,6 +821,7 @@ def run_call(item: pytest.Item, runtest: Callable[[], None], spec: SandboxSpec, 
     policy_fn = compose_policy_fn(item, spec.policy_fn)
     out: Optional[dict[str, Any]] = None
     problem: Optional[str] = None
+    tree_problems: list[str] = []
     coverage = CoverageBridge.for_call(runner)
     guard = _InterruptGuard(item.nodeid)
     try:
@@ -833,6 +835,7 @@ def run_call(item: pytest.Item, runtest: Callable[[], None], spec: SandboxSpec, 
             sandbox.on_launch = None  # the shared Sandbox must not keep this test's guard alive
         out = result.value if result.value is not None else _quiet_pass()
         record.events = list(result.events)
+        tree_problems = result.tree_problems
         for text in [*getattr(result, "internal_errors", ()), *out.get("internal", ())]:
             warnings.warn(pytest.PytestWarning(f"sandlock: {text}"), stacklevel=1)
     except SandboxCrash as crash:
@@ -861,10 +864,17 @@ def run_call(item: pytest.Item, runtest: Callable[[], None], spec: SandboxSpec, 
         return
     _deliver_outputs(item.config, out)
     info = out["exception"]
+    # A process of the test may have outlived it (confined, no longer supervised): never a pass.
+    unchecked = "".join(f"\nsandlock: {item.nodeid}: {text}" for text in tree_problems)
     if info is not None:
         rebuilt, longrepr = _rebuild_exception(item.config, info)
         record.exception = rebuilt
         record.longrepr = longrepr
+        if unchecked:
+            warnings.warn(pytest.PytestWarning(unchecked.strip()), stacklevel=1)
         raise rebuilt
+    if unchecked:
+        denials = strict.failure_message(record.strict_denials) if record.strict_denials else ""
+        _fail(unchecked.strip() + ("\n" + denials if denials else ""))
     if record.strict_denials:
         _fail(strict.failure_message(record.strict_denials))

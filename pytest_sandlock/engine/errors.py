@@ -38,3 +38,16 @@ class ChildException(SandboxError):
         self.message = message
         self.traceback_text = traceback_text
         self.events = events or []
+
+
+class TreeUnreadable(SandboxError):
+    """/proc could not be read for a process of a sandbox's tree (a reason other than the process
+    being gone: EMFILE, ENOMEM, EACCES...), so nobody can say which processes are still running.
+
+    ``found`` holds the processes that were listed before the failure: a caller that must kill the
+    tree kills those, then says the tree could not be checked (it never takes "unreadable" for
+    "empty")."""
+
+    def __init__(self, message: str, found: list[int] | None = None) -> None:
+        super().__init__(message)
+        self.found = list(found or [])

@@ -267,6 +267,7 @@ def launch(
     child confines itself (about 0.2 ms), then waits for the listener. ``runs_python=False`` (the
     target execs at once) skips the interpreter's at-fork child handlers, as ``subprocess`` does.
     """
+    tree = ProcessTree()  # may raise TreeUnreadable: before any descriptor is opened
     sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
     os.set_blocking(sync_r, False)  # read by _read_soon
     ack_r, ack_w = os.pipe2(os.O_CLOEXEC)
@@ -276,7 +277,6 @@ def launch(
     out_pipes = [os.pipe2(os.O_CLOEXEC) for _ in range(2)] if capture_output else []
     parent_only = [sync_r, ack_w, result_r, req_r, resp_w] + [r for r, _ in out_pipes]
     child_only = [sync_w, ack_r, result_w, req_w, resp_r] + [w for _, w in out_pipes]
-    tree = ProcessTree()
     parent = os.getpid()
     # The child closes the parent's ends, its sync end once the listener is reported, and what it
     # was told to close; it keeps its own ends, the output pipes (dup2'd first) and 0-2.

@@ -16,9 +16,11 @@ import fcntl
 import os
 import signal
 import struct
+import time
 from collections.abc import Iterable
 from typing import Optional
 
+from .errors import TreeUnreadable
 from .syscalls import PIDFD_THREAD, PR_GET_CHILD_SUBREAPER, PR_SET_CHILD_SUBREAPER, prctl
 
 # pid -> an open descriptor of /proc/<pid>/task/<pid>/children, re-read with pread (a seq file
@@ -26,36 +28,52 @@ from .syscalls import PIDFD_THREAD, PR_GET_CHILD_SUBREAPER, PR_SET_CHILD_SUBREAP
 # and for each live root (see ProcessTree.watch): the first look-up of a new process's /proc entry
 # costs ~0.1 ms on the project's VM, an open descriptor makes every later read ~5 us.
 _children_fds: dict[int, int] = {}
+_GONE = (errno.ENOENT, errno.ESRCH)  # the process (or thread) has ended: nothing left to list
 
 
 def _read_children(fd: int) -> list[int]:
     data = b""
     while chunk := os.pread(fd, 65536, len(data)):
         data += chunk
-    return [int(x) for x in data.split()]
+    try:
+        return [int(x) for x in data.split()]
+    except ValueError:
+        raise TreeUnreadable(f"unexpected content in a /proc children file: {data[:80]!r}") from None
+
+
+def _unreadable(path: str, exc: OSError) -> TreeUnreadable:
+    return TreeUnreadable(f"cannot read {path}: {exc.strerror or exc}")
 
 
 def _children_of(pid: int) -> list[int]:
-    kids: list[int] = []
+    """The children of every thread of ``pid``; [] once it is gone. Any other failure to read
+    /proc raises TreeUnreadable: an unreadable list is never taken for an empty one."""
+    task_dir = f"/proc/{pid}/task"
     try:
         # A single-threaded process (the usual case) has one children file: /proc/<pid>/task's
         # link count is 2 + its threads, one stat instead of listing the directory.
-        task_dir = f"/proc/{pid}/task"
         single = os.stat(task_dir).st_nlink == 3
         if single and pid in _children_fds:
             return _read_children(_children_fds[pid])
         tasks = [str(pid)] if single else os.listdir(task_dir)
-    except (OSError, ValueError):
-        return kids
+    except OSError as exc:
+        if exc.errno in _GONE:
+            return []
+        raise _unreadable(task_dir, exc) from None
+    kids: list[int] = []
     for tid in tasks:
+        path = f"{task_dir}/{tid}/children"
         try:
-            fd = os.open(f"/proc/{pid}/task/{tid}/children", os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            continue
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as exc:
+            if exc.errno in _GONE:  # that thread has ended
+                continue
+            raise _unreadable(path, exc) from None
         try:  # raw reads, no file object: this runs at the end of every sandboxed test
             kids.extend(_read_children(fd))
-        except (OSError, ValueError):
-            continue
+        except OSError as exc:
+            if exc.errno not in _GONE:
+                raise _unreadable(path, exc) from None
         finally:
             os.close(fd)
     return kids
@@ -86,25 +104,54 @@ def kept_fds() -> tuple[int, ...]:
 
 
 def descendants(roots: Iterable[int]) -> list[int]:
-    """Every live descendant of ``roots`` (roots included), parents before children."""
+    """Every live descendant of ``roots`` (roots included), parents before children. Raises
+    TreeUnreadable, carrying every process it did find, if some process's children could not be
+    read (the walk goes on past it first, so that a caller killing the tree kills all it can)."""
     seen: list[int] = []
     stack = list(roots)
     known: set[int] = set()
+    problem: Optional[TreeUnreadable] = None
     while stack:
         pid = stack.pop()
         if pid in known:
             continue
         known.add(pid)
         seen.append(pid)
-        stack.extend(_children_of(pid))
+        try:
+            stack.extend(_children_of(pid))
+        except TreeUnreadable as exc:
+            problem = problem or exc
+    if problem is not None:
+        raise TreeUnreadable(str(problem), seen)
     return seen
+
+
+def confined_children(own_filters: int, exclude: Iterable[int] = ()) -> list[int]:
+    """This process's children that carry more seccomp filters than ``own_filters`` (this
+    process's own count): sandboxed processes re-parented to it. Raises TreeUnreadable (with the
+    ones found) if a child's filter count or the list of children cannot be read."""
+    skip = set(exclude)
+    out: list[int] = []
+    problem: Optional[TreeUnreadable] = None
+    for pid in _children_of(os.getpid()):
+        if pid in skip:
+            continue
+        try:
+            if seccomp_filter_count(pid) > own_filters:
+                out.append(pid)
+        except TreeUnreadable as exc:  # not killed: it may be a server a fixture started
+            problem = problem or exc
+    if problem is not None:
+        raise TreeUnreadable(str(problem), out)
+    return out
 
 
 _flag = ctypes.c_int(0)
 _own_filters: tuple[int, int] = (0, -1)  # (pid, count): the count changes only if we install one
 
 
-def _own_filter_count() -> int:
+def own_filter_count() -> int:
+    """Seccomp filters of this process itself (every sandboxed process carries more); read once."""
     global _own_filters
     pid = os.getpid()
     if _own_filters[0] != pid:
@@ -113,14 +160,21 @@ def _own_filter_count() -> int:
 
 
 def seccomp_filter_count(pid: int) -> int:
+    """How many seccomp filters ``pid`` carries; -1 once it is gone. TreeUnreadable if its
+    status cannot be read for another reason."""
+    path = f"/proc/{pid}/status"
     try:
-        with open(f"/proc/{pid}/status", "rb") as fh:
+        with open(path, "rb") as fh:
             for line in fh:
                 if line.startswith(b"Seccomp_filters:"):
                     return int(line.split()[1])
-    except (OSError, ValueError, IndexError):
+    except OSError as exc:
+        if exc.errno in _GONE:
+            return -1
+        raise _unreadable(path, exc) from None
+    except (ValueError, IndexError):
         pass
-    return -1
+    raise TreeUnreadable(f"no seccomp filter count in {path}")
 
 
 _deferred: list[int] = []
@@ -215,9 +269,13 @@ class ProcessTree:
         self.root = 0
         self.root_reaped = False
         self.root_status: Optional[int] = None
-        self._own_filters = _own_filter_count()
+        self._own_filters = own_filter_count()
         self._children_before: set[int] = set()
         self._became_subreaper = False
+        self._unread = False
+        # Why the tree could not be checked to be empty at the end (see kill_all): reported with
+        # the run's outcome, never dropped.
+        self.problems: list[str] = []
 
     def start(self, root: int) -> None:
         """Call right after forking ``root``, before it runs anything it was asked to run: snapshot
@@ -225,7 +283,8 @@ class ProcessTree:
 
         The root cannot start a process before the hand-off, so this runs while it confines itself
         and the parent would only wait. A child that another thread forks in between is not taken
-        for the sandbox's: adopted processes must carry more seccomp filters than we do."""
+        for the sandbox's: adopted processes must carry more seccomp filters than we do. If our
+        children cannot be listed, TreeUnreadable: orphans could not be told apart later."""
         self.root = root
         own = os.getpid()
         _keep_children_fd(own)
@@ -257,33 +316,55 @@ class ProcessTree:
 
     def adopted(self) -> list[int]:
         """Our children that belong to the sandbox but are not its root (orphans re-parented to us)."""
-        out = []
-        for pid in _children_of(os.getpid()):
-            if pid == self.root or pid in self._children_before:
-                continue
-            if seccomp_filter_count(pid) > self._own_filters:
-                out.append(pid)
-        return out
+        return confined_children(self._own_filters, exclude=(self.root, *self._children_before))
 
     def members(self, include_root: bool = True) -> list[int]:
-        roots = self.adopted()
+        """The root (unless excluded), adopted orphans and all their descendants. TreeUnreadable,
+        with every process found, when part of the tree could not be listed."""
+        problem: Optional[TreeUnreadable] = None
+        try:
+            roots = self.adopted()
+        except TreeUnreadable as exc:
+            problem, roots = exc, exc.found
         if include_root and self.root:
             roots.insert(0, self.root)
-        return descendants(roots)
+        try:
+            found = descendants(roots)
+        except TreeUnreadable as exc:
+            problem, found = problem or exc, exc.found
+        if problem is not None:
+            raise TreeUnreadable(str(problem), found)
+        return found
 
     def count(self) -> int:
         return len(self.members())
+
+    def _listed(self, include_root: bool) -> list[int]:
+        """members(), except that a tree that cannot be listed is noted in ``problems`` (once) and
+        what was found is returned: for the paths that kill, which must kill all they can."""
+        try:
+            return self.members(include_root)
+        except TreeUnreadable as exc:
+            text = f"could not check that every process of the sandbox has ended: {exc}"
+            if text not in self.problems:
+                self.problems.append(text)
+            self._unread = True
+            return exc.found
 
     def kill_all(self, rounds: int = 50) -> int:
         """SIGKILL every member until none is left; reaps the ones that are our children.
 
         Call after the root has been reaped (see ``reap_root``): from then on every survivor is
-        an adopted orphan or a descendant of one.
+        an adopted orphan or a descendant of one. If /proc cannot be read, everything that could
+        be listed is killed, the listing is retried (the cause, e.g. EMFILE, may pass), and
+        ``problems`` says so if it never succeeded.
         """
         killed = 0
-        for _ in range(rounds):
-            members = [p for p in self.members(include_root=not self.root_reaped) if p != os.getpid()]
-            if not members:
+        for attempt in range(rounds):
+            self._unread = False
+            members = [p for p in self._listed(include_root=not self.root_reaped) if p != os.getpid()]
+            if not members and not self._unread:
+                self.problems.clear()  # listed in full at last: nothing is left
                 break
             for pid in members:
                 try:
@@ -294,6 +375,11 @@ class ProcessTree:
             if not self.root_reaped and self.root in members:
                 self.reap_root()
             self._reap(members)
+            if self._unread:
+                time.sleep(min(attempt + 1, 10) / 1000)
+        else:
+            if not self._unread:
+                self.problems.append(f"processes of the sandbox survived {rounds} rounds of SIGKILL")
         return killed
 
     def kill_quickly(self) -> None:
@@ -302,15 +388,16 @@ class ProcessTree:
         Used once the root has delivered its result: tearing down a forked pytest's address
         space takes about as long as the fork, and nobody needs to wait for it. The root is
         SIGKILLed (it was exiting anyway) and reaped later; if any other process of the tree
-        exists, fall back to the thorough loop.
+        exists, or the tree cannot be listed, fall back to the thorough loop.
         """
-        members = self.members(include_root=not self.root_reaped)
+        self._unread = False
+        members = self._listed(include_root=not self.root_reaped)
         for pid in members:
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        if any(pid != self.root for pid in members):
+        if self._unread or any(pid != self.root for pid in members):
             self.reap_root()
             self.kill_all()
         elif not self.root_reaped and self.reap_root(block=False) is None and not self.root_reaped:
@@ -333,7 +420,10 @@ class ProcessTree:
         return status
 
     def _reap(self, pids: Iterable[int]) -> None:
-        mine = set(_children_of(os.getpid())) - self._children_before
+        try:
+            mine = set(_children_of(os.getpid())) - self._children_before
+        except TreeUnreadable:  # noted by kill_all already; the next round reaps them
+            return
         for pid in pids:
             if pid in mine and pid != self.root:
                 try:

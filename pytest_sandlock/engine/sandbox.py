@@ -83,6 +83,9 @@ class RunResult:
     stderr: bytes
     events: list[SyscallEvent]
     timed_out: bool = False
+    # Non-empty when the end of the run could not be checked: a process the command started may
+    # still be running (confined, unsupervised). See ProcessTree.problems.
+    tree_problems: list[str] = field(default_factory=list)
 
     @property
     def denials(self) -> list[SyscallEvent]:
@@ -94,6 +97,7 @@ class CallResult:
     value: Any
     events: list[SyscallEvent]
     internal_errors: list[str] = field(default_factory=list)
+    tree_problems: list[str] = field(default_factory=list)  # as in RunResult
 
     @property
     def denials(self) -> list[SyscallEvent]:
@@ -292,7 +296,9 @@ class Sandbox:
         stderr = outcome.stderr
         if outcome.result:  # exec failed: the child wrote "errno:message"
             stderr += b"pytest-sandlock: cannot execute " + argv[0].encode() + b": " + outcome.result + b"\n"
-        return RunResult(returncode, outcome.stdout, stderr, supervisor.events, outcome.timed_out)
+        return RunResult(
+            returncode, outcome.stdout, stderr, supervisor.events, outcome.timed_out, outcome.tree_problems
+        )
 
     def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> CallResult:
         """Run ``fn(*args, **kwargs)`` in a confined fork; its (plain-data) return value comes back."""
@@ -315,17 +321,18 @@ class Sandbox:
 
         supervisor, outcome = self._supervise(target, framed_result=True)
         events = supervisor.events
+        also = "".join(f"; {problem}" for problem in outcome.tree_problems)  # never dropped
         if outcome.timed_out:
-            raise SandboxCrash(f"timeout after {self._timeout_text()}", events)
+            raise SandboxCrash(f"timeout after {self._timeout_text()}{also}", events)
         data = outcome.result
         if not data or len(data) < _LEN.size or len(data) < _LEN.size + _LEN.unpack_from(data)[0]:
-            raise SandboxCrash(_describe_status(outcome.root_status), events, outcome.root_status)
+            raise SandboxCrash(_describe_status(outcome.root_status) + also, events, outcome.root_status)
         payload = data[_LEN.size : _LEN.size + _LEN.unpack_from(data)[0]]
         message: Any = ("ok", None) if payload == _OK_NONE else _load_plain(payload)
         if message[0] == "ok":
-            return CallResult(message[1], events, outcome.internal_errors)
+            return CallResult(message[1], events, outcome.internal_errors, outcome.tree_problems)
         _, exc_type, text, tb = message
-        raise ChildException(exc_type, text, tb, events)
+        raise ChildException(exc_type, text + also, tb, events)
 
     def _timeout_text(self) -> str:
         return f"{self.policy.timeout}s" if self.policy.timeout is not None else "the deadline"

@@ -32,6 +32,7 @@ import pyseccomp as sc
 
 from . import childmem, netops
 from .channel import ChannelServer
+from .errors import TreeUnreadable
 from .notify import Listener, Notification
 from .policy import (
     PolicyContext,
@@ -159,6 +160,9 @@ class Outcome:
     stdout: bytes = b""
     stderr: bytes = b""
     internal_errors: list[str] = field(default_factory=list)
+    # Why the end of the run could not be checked (see ProcessTree.problems): a process of the
+    # tree may still be running, confined but no longer supervised.
+    tree_problems: list[str] = field(default_factory=list)
 
 
 class Supervisor:
@@ -313,6 +317,7 @@ class Supervisor:
         for fd in list(open_fds):
             while self._read_pipe(fd, block=False):
                 pass
+        self.outcome.tree_problems = list(self.tree.problems)
         self.outcome.result = bytes(self._result_buf) if self._result_buf else None
         self.outcome.stdout = bytes(self._outputs.get(self._out_fd(0), b""))
         self.outcome.stderr = bytes(self._outputs.get(self._out_fd(1), b""))
@@ -849,12 +854,14 @@ class Supervisor:
         else:
             allowed, err = False, errno.EAGAIN
             event = _with(event, denied=True, errno=errno.EAGAIN, reason=reason)
+        if allowed and limit is not None:
+            # Read before the event is recorded: if it raises, the fork is denied as an internal
+            # error and no "allowed" event is left behind.
+            tgid = self._proc(notif.pid)[0]
+            before = frozenset(_children_of(tgid))
+            self._forks_in_flight[notif.pid] = (tgid, before, time.monotonic() + FORK_SETTLE)
         self.events.append(event)
         if allowed:
-            if limit is not None:
-                tgid = self._proc(notif.pid)[0]
-                before = frozenset(_children_of(tgid))
-                self._forks_in_flight[notif.pid] = (tgid, before, time.monotonic() + FORK_SETTLE)
             self.listener.continue_(notif.id)
         else:
             self.listener.fail(notif.id, err)
@@ -974,7 +981,11 @@ class Supervisor:
         if ceiling is None and not self.memory_base and self.tree.root:
             # No static limit, so the child did not measure its address space: take it now.
             self.memory_base = _vm_size(self.tree.root)
-        for pid in self.tree.members():
+        try:
+            members, problem = self.tree.members(), None
+        except TreeUnreadable as exc:  # limit the ones found, then fail the request that asked
+            members, problem = exc.found, exc
+        for pid in members:
             try:
                 soft = resource.RLIM_INFINITY if live is None else self.memory_base + live
                 hard_src = self.ctx.restricted_fields()
@@ -984,6 +995,8 @@ class Supervisor:
                 resource.prlimit(pid, resource.RLIMIT_AS, (soft, hard))
             except (OSError, ValueError):
                 continue
+        if problem is not None:
+            raise problem
 
 
 # Dispatch by syscall number to unbound methods: a table of bound methods would make every

@@ -100,3 +100,30 @@ def test_an_orphan_of_the_sandbox_dies_and_an_unrelated_child_lives(tmp_path) ->
     finally:
         unrelated.kill()
         unrelated.wait()
+
+
+def test_a_gone_process_has_no_children_and_is_no_error() -> None:
+    """ENOENT ("gone") is the one failure that means "nothing to list"; see the EMFILE case in
+    tests/security/test_process_lifetime.py for the others."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    assert proctree._children_of(child.pid) == []
+    assert proctree.descendants([child.pid]) == [child.pid]
+    assert proctree.seccomp_filter_count(child.pid) == -1
+
+
+def test_children_of_a_live_process() -> None:
+    parent = subprocess.Popen(
+        [sys.executable, "-c", "import subprocess, time; subprocess.Popen(['sleep', '30']); time.sleep(30)"]
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not proctree._children_of(parent.pid) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        kids = proctree._children_of(parent.pid)
+        assert len(kids) == 1
+        assert proctree.descendants([parent.pid]) == [parent.pid, kids[0]]
+    finally:
+        for pid in proctree.descendants([parent.pid])[::-1]:
+            os.kill(pid, 9)
+        parent.wait()

@@ -237,3 +237,93 @@ def test_fs_write_ceiling_with_positive_control(pytester, outside_dir):
     import os
 
     assert sorted(os.listdir(outside_dir)) == ["allowed.txt"]
+
+
+UNCHECKED_CONFTEST = """
+import os, resource
+import pytest
+from pytest_sandlock.engine import proctree
+
+LIMITS = resource.getrlimit(resource.RLIMIT_NOFILE)
+
+
+def no_more_descriptors(self):
+    # Fault injection, in the pytest process, once the child runs: /proc can no longer be opened
+    # (a real EMFILE from the kernel), as in a suite that leaked every descriptor it had.
+    lowest_free = os.dup(0)
+    os.close(lowest_free)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, LIMITS[1]))
+
+
+proctree.ProcessTree.watch = no_more_descriptors
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item):
+    try:
+        return (yield)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, LIMITS)
+"""
+
+UNCHECKED_TEST = """
+import os, time, pytest
+
+@pytest.mark.sandbox(fs_write=[os.environ["PID_DIR"]])
+def test_leaves_a_process():
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(60)
+        os._exit(0)
+    with open(os.path.join(os.environ["PID_DIR"], "pid"), "w") as fh:
+        fh.write(str(pid))
+
+def test_unsandboxed():
+    pass
+"""
+
+
+def test_an_end_that_cannot_be_checked_fails_the_test(pytester, monkeypatch, tmp_path) -> None:
+    """The pytest process cannot list /proc when the sandboxed call ends: the test that passed in
+    its child is failed, with the reason, instead of passing while its process may live on."""
+    monkeypatch.setenv("PID_DIR", str(tmp_path))
+    pytester.makeconftest(UNCHECKED_CONFTEST)
+    pytester.makepyfile(test_inner=UNCHECKED_TEST)
+    try:
+        result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+        result.assert_outcomes(passed=1, failed=1)
+        result.stdout.fnmatch_lines(
+            [
+                "*sandlock: test_inner.py::test_leaves_a_process: could not check that every process of "
+                "the sandbox has ended: cannot read /proc/*: Too many open files*",
+            ]
+        )
+    finally:
+        _kill_leftover(tmp_path / "pid")
+
+
+def test_an_end_that_cannot_be_checked_control(pytester, monkeypatch, tmp_path) -> None:
+    """Without the injected EMFILE the same test passes and its process is gone with it."""
+    monkeypatch.setenv("PID_DIR", str(tmp_path))
+    pytester.makepyfile(test_inner=UNCHECKED_TEST)
+    try:
+        pytester.runpytest_subprocess("-p", "no:cacheprovider").assert_outcomes(passed=2)
+        assert not _kill_leftover(tmp_path / "pid")
+    finally:
+        _kill_leftover(tmp_path / "pid")
+
+
+def _kill_leftover(pid_file) -> bool:
+    """SIGKILL the inner test's process if it still runs; True if it did."""
+    import os
+    import signal
+
+    pid = int(pid_file.read_text())
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            if fh.read().split(") ")[1][0] == "Z":
+                return False
+        os.kill(pid, signal.SIGKILL)
+        return True
+    except (FileNotFoundError, ProcessLookupError):
+        return False

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -301,3 +302,79 @@ def test_memory_control() -> None:
 
 
 _ = errno
+
+
+# ---------------------------------------------------------------- an end of run that cannot be checked
+def _two_generations(pid_file: str) -> None:
+    """The test leaves a child, which has a child of its own: the tree still has depth at the end."""
+    if os.fork() == 0:
+        if os.fork() == 0:
+            with open(pid_file, "a") as fh:
+                fh.write(f"{os.getpid()}\n")
+            time.sleep(60)
+            os._exit(0)
+        with open(pid_file, "a") as fh:
+            fh.write(f"{os.getpid()}\n")
+        time.sleep(60)
+        os._exit(0)
+    while len(Path(pid_file).read_text().split()) < 2:
+        time.sleep(0.01)
+
+
+def _no_more_descriptors(_pid: int) -> None:
+    """Called in the supervising process once the child runs: from now on it can open nothing."""
+    lowest_free = os.dup(0)
+    os.close(lowest_free)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (lowest_free, resource.getrlimit(resource.RLIMIT_NOFILE)[1]))
+
+
+def _supervise_two_generations(pid_file: str, starve: bool) -> tuple[list[str], list[int], list[bool]]:
+    """Runs in a plain fork of the test process (its descriptor limit is lowered, and that must not
+    touch pytest's). Returns the tree problems, the two processes' ids and whether each is alive."""
+    from pytest_sandlock.engine.policy import Policy
+    from pytest_sandlock.engine.sandbox import Sandbox
+
+    sandbox = Sandbox(
+        Policy(net=LOCAL, fs_write=[os.path.dirname(pid_file)]),
+        on_launch=_no_more_descriptors if starve else None,
+    )
+    limits = resource.getrlimit(resource.RLIMIT_NOFILE)
+    try:
+        result = sandbox.call(_two_generations, pid_file)
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, limits)
+    pids = [int(p) for p in Path(pid_file).read_text().split()]
+    time.sleep(0.05)
+    return result.tree_problems, pids, [pid_alive(p) for p in pids]
+
+
+def test_unreadable_proc_at_the_end_is_reported(tmp_path: Path) -> None:
+    """When the supervising process cannot open /proc at the end of a run (here: no descriptor left,
+    EMFILE), an unreadable list of processes is not taken for an empty one: the run says the tree
+    could not be checked. (Before, it ended quietly and both processes outlived the test.)"""
+    pid_file = tmp_path / "pids"
+    pid_file.write_text("")
+    problems, pids, alive = run_unconfined(_supervise_two_generations, str(pid_file), True)
+    try:
+        assert problems, "a tree that could not be listed was reported as checked"
+        assert "could not check that every process of the sandbox has ended" in problems[0]
+        assert "Too many open files" in problems[0]
+        assert len(pids) == 2
+    finally:
+        for pid in pids:
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_unreadable_proc_control(tmp_path: Path) -> None:
+    """The same run with descriptors to spare: no problem, and both processes are gone."""
+    pid_file = tmp_path / "pids"
+    pid_file.write_text("")
+    problems, pids, alive = run_unconfined(_supervise_two_generations, str(pid_file), False)
+    try:
+        assert problems == []
+        assert len(pids) == 2 and alive == [False, False]
+    finally:
+        for pid in pids:
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGKILL)
