@@ -271,7 +271,6 @@ def launch(
     sync_r, sync_w = os.pipe2(os.O_CLOEXEC)
     os.set_blocking(sync_r, False)  # read by _read_soon
     ack_r, ack_w = os.pipe2(os.O_CLOEXEC)
-    os.set_blocking(ack_r, False)  # the child spins on it (see below)
     result_r, result_w = os.pipe2(os.O_CLOEXEC)
     req_r, req_w = os.pipe2(os.O_CLOEXEC)
     resp_r, resp_w = os.pipe2(os.O_CLOEXEC)
@@ -329,19 +328,7 @@ def launch(
                 os.close(devnull)
             # Wait until the parent holds the listener, then drop ours: no code we did not write
             # runs while this process could answer its own notifications (KERNEL-NOTES trap 11).
-            # Spin, as the parent does for the listener: the acknowledgement comes within tens of
-            # microseconds, and waking a sleeping virtual CPU would cost as much again.
-            ack = b""
-            for _ in range(20000):
-                try:
-                    ack = os.read(ack_r, 1)
-                    break
-                except BlockingIOError:
-                    os.sched_yield()
-            else:
-                os.set_blocking(ack_r, True)
-                ack = os.read(ack_r, 1)
-            if ack != b"k":
+            if os.read(ack_r, 1) != b"k":
                 os._exit(1)
             os.close(child_listener)
             os.close(ack_r)
