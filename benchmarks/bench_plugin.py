@@ -1,6 +1,6 @@
 """Plugin benchmarks: whole pytest runs, plain vs sandboxed, measured side by side in one run.
 
-    python benchmarks/bench_plugin.py [--rounds 5] [--tests 200]
+    python benchmarks/bench_plugin.py [--rounds 5] [--tests 200] [--forked-python PYTHON]
 
 Generates a throwaway suite in a temp dir and runs pytest on it in subprocesses, alternating the
 plain and sandboxed variants round by round (these machines are noisy), then prints medians and,
@@ -9,7 +9,9 @@ for ratios, the median of the per-round ratios with their range:
 1. N trivial tests, plain vs --sandlock-strict: per-test extra cost, against a bare fork()+waitpid()
    of the same pytest process (measured inside that process by a session fixture), next to two
    floors any fork-per-test design pays here: a fork+waitpid in each test's call phase, and each
-   call run in a bare forked child (no confinement, no supervisor);
+   call run in a bare forked child (no confinement, no supervisor); with ``--forked-python`` (an
+   interpreter that has pytest-forked next to this pytest, see run_all.py) also ``--forked``, the
+   fork-per-test plugin users already run for isolation, as a reference;
 2. 300 connects to a loopback listener from one test, sandboxed vs not;
 3. subprocess.run(["/bin/true"]) x50 from one test, sandboxed vs not;
 4. 1,000 file writes into tmp_path from one test, sandboxed vs not;
@@ -106,7 +108,7 @@ def pytest_runtest_call(item):
 
 {protocol_timer}
 def pytest_unconfigure(config):
-    if os.environ.get("BENCH_FORK") and _protocol:
+    if (os.environ.get("BENCH_FORK") or os.environ.get("BENCH_PROTOCOL")) and _protocol:
         _record("protocol", statistics.median(_protocol[20:] or _protocol))
 
 @pytest.fixture(scope="session", autouse=True)
@@ -189,9 +191,11 @@ def _write_suite(root: str, n: int) -> None:
         fh.write("[pytest]\n")
 
 
-def _pytest(root: str, out: str, *args: str, env_extra: dict[str, str] | None = None) -> float:
+def _pytest(
+    root: str, out: str, *args: str, env_extra: dict[str, str] | None = None, python: str = sys.executable
+) -> float:
     env = dict(os.environ, BENCH_OUT=out, **(env_extra or {}))
-    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", *args]
+    cmd = [python, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-p", "no:randomly", *args]
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
     elapsed = time.perf_counter() - start
@@ -228,6 +232,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--tests", type=int, default=200)
+    parser.add_argument("--forked-python", help="an interpreter with pytest-forked (a reference row)")
     args = parser.parse_args()
     n = args.tests
     root = tempfile.mkdtemp(prefix="sandlock-bench-")
@@ -244,6 +249,8 @@ def main() -> None:
     strict_p: list[float] = []
     floor_t: dict[str, list[float]] = {"fork": [], "naive": []}
     floor_p: dict[str, list[float]] = {"fork": [], "naive": []}
+    forked_t: list[float] = []  # pytest-forked, when --forked-python is given
+    forked_p: list[float] = []
     plain_x, strict_x = [], []
     work: dict[str, dict[str, list[float]]] = {
         k: {"plain": [], "box": []} for k in ("connect", "true", "writes")
@@ -261,6 +268,13 @@ def main() -> None:
             round_forks += _read(out, "fork")
             floor_p[floor].extend(_read(out, "protocol"))
         forks.append(statistics.median(round_forks))
+        if args.forked_python:
+            # No bare-fork fixture here: pytest-forked sets session fixtures up in every child.
+            env = {"BENCH_PROTOCOL": "1"}
+            forked_t.append(
+                _pytest(root, out, "test_trivial.py", "--forked", env_extra=env, python=args.forked_python)
+            )
+            forked_p.extend(_read(out, "protocol"))
         for mode, extra in (("plain", ()), ("box", (strict,))):
             _pytest(root, out, "test_work.py", *extra)
             for key in work:
@@ -308,6 +322,19 @@ def main() -> None:
         inside = statistics.median(floor_p[floor])
         ratios = [(b - p) / f for b, p, f in zip(floor_p[floor], plain_p, forks)]
         rows.append(("    the same floor, timed inside pytest", "", f"{inside * 1e3:.2f} ms", _ratio(ratios)))
+    if forked_t:
+        cost = statistics.median([(r - p) / n for r, p in zip(forked_t, plain_t)])
+        rows.append(
+            (
+                "  reference: pytest-forked, no sandbox",
+                "",
+                f"{cost * 1e3:.2f} ms",
+                _ratio(per_test_vs_fork(forked_t)),
+            )
+        )
+        ratios = [(b - p) / f for b, p, f in zip(forked_p, plain_p, forks)]
+        inside = statistics.median(forked_p)
+        rows.append(("    the same, timed inside pytest", "", f"{inside * 1e3:.2f} ms", _ratio(ratios)))
     for key, label, scale, unit in (
         ("connect", "connect to loopback (300x)", 1e6, "us"),
         ("true", 'subprocess.run(["/bin/true"]) (50x)', 1e6, "us"),
