@@ -21,6 +21,7 @@ import resource
 import select
 import signal
 import socket
+import stat
 import struct
 import threading
 import time
@@ -114,6 +115,54 @@ def _opens_for_writing(name: str, args: tuple[int, ...]) -> bool:
 
 # Reason of a connect/send to a unix socket path that does not exist (outside the writable paths).
 ABSENT_UNIX_SOCKET = "no such unix socket"
+OUTSIDE_WRITABLE = "outside the writable paths"
+
+# Path calls that create their (last) target and fail with EEXIST when it exists already.
+_CREATES_EXCLUSIVE = frozenset(
+    ("mkdir", "mkdirat", "mknod", "mknodat", "symlink", "symlinkat", "link", "linkat")
+)
+_RENAME_NOREPLACE = 1
+_LOOKUP_FAILURES = {
+    errno.ENOENT: "no such file or directory",
+    errno.ENOTDIR: "a path component is not a directory",
+    errno.EEXIST: "it exists already",
+}
+
+
+def _creates(name: str, args: tuple[int, ...], index: int) -> tuple[bool, bool]:
+    """(does target ``index`` of this call get created, must it not exist yet)."""
+    flags_arg = _OPEN_FLAGS_ARG.get(name)
+    if flags_arg is not None:
+        flags = args[flags_arg]
+        return bool(flags & os.O_CREAT), bool(flags & os.O_CREAT and flags & os.O_EXCL)
+    if name == "creat" or name in _CREATES_EXCLUSIVE:
+        return True, name != "creat"
+    if name.startswith("rename") and index == 1:  # the new name; the old one must exist
+        return True, name == "renameat2" and bool(args[4] & _RENAME_NOREPLACE)
+    return False, False
+
+
+def _lookup_failure(path: str, creates: bool, exclusive: bool) -> int:
+    """The errno the kernel's path walk gives a call on ``path`` before any permission check (so
+    before Landlock's): ENOENT, ENOTDIR or EEXIST; 0 when the walk would succeed (or cannot be
+    told: then the call is decided as before)."""
+    if not path.startswith("/"):
+        return 0
+    try:
+        if creates:
+            if not stat.S_ISDIR(os.stat(os.path.dirname(path) or "/").st_mode):
+                return errno.ENOTDIR
+            return errno.EEXIST if exclusive and os.path.lexists(path) else 0
+        os.lstat(path)
+    except FileNotFoundError:
+        return errno.ENOENT
+    except NotADirectoryError:
+        return errno.ENOTDIR
+    except OSError:
+        return 0
+    return 0
+
+
 # os.path.realpath checks "is a link" then reads it: a component swapped in between (a racing
 # rename) makes it fail. Whatever was racing, the answer is a denial, not an internal error.
 PATH_RACE = "path changed while being checked"
@@ -927,13 +976,22 @@ class Supervisor:
                 parent_pid=ppid or None,
                 path=targets[-1] if targets else None,
             )
-            self.events.append(self._decide(event, ok, reason)[2])
+            failure = 0 if ok else self._refused_by_lookup(name, notif.args, targets, follow)
+            if failure:  # what the kernel answered, before Landlock: not a denial
+                self.events.append(_lookup_event(event, failure))
+            else:
+                self.events.append(self._decide(event, ok, reason)[2])
             return
         if not self.listener.id_valid(notif.id):
             return
         ok, reason = self._writable_targets(targets, follow)
         shown = targets[-1] if targets else None
         event = self._base_event(notif, name, SyscallCategory.FILE, path=shown)
+        failure = 0 if ok else self._refused_by_lookup(name, notif.args, targets, follow)
+        if failure:  # fail it as the kernel would (no race: the call does not run), record no denial
+            self.events.append(_lookup_event(event, failure))
+            self.listener.fail(notif.id, failure)
+            return
         allowed, err, event = self._decide(event, ok, reason)
         self.events.append(event)
         if allowed:
@@ -948,8 +1006,25 @@ class Supervisor:
             except OSError:
                 return False, PATH_RACE
             if not self._is_writable(real):
-                return False, "outside the writable paths"
+                return False, OUTSIDE_WRITABLE
         return True, ""
+
+    @staticmethod
+    def _refused_by_lookup(name: str, args: tuple[int, ...], targets: list[str], follow: bool) -> int:
+        """For a call outside the writable paths: the errno the kernel gives it anyway, before any
+        permission check (a missing parent directory, an existing name for mkdir...), or 0. Such a
+        call is not a denial: it fails the same with no sandbox, and Landlock never sees it.
+        (libuuid, for one, tries to create /var/lib/libuuid/clock.txt where that directory does
+        not exist, and carries on.)"""
+        for index, target in enumerate(targets):
+            try:
+                real = _predict_real(target, follow)
+            except OSError:
+                return 0
+            failure = _lookup_failure(real, *_creates(name, args, index))
+            if failure:
+                return failure
+        return 0
 
     def _resolve(self, pid: int, dirfd: int, path: str) -> str:
         path = _proc_self(path, pid)
@@ -1091,6 +1166,13 @@ def _readlink(path: str) -> Optional[str]:
         return os.readlink(path)
     except OSError:
         return None
+
+
+def _lookup_event(event: SyscallEvent, failure: int) -> SyscallEvent:
+    reason = (
+        f"{_LOOKUP_FAILURES[failure]}: the kernel refuses it before any permission check ({OUTSIDE_WRITABLE})"
+    )
+    return _with(event, errno=failure, reason=reason)
 
 
 def _proc_self(path: str, pid: int) -> str:

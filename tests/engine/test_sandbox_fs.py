@@ -11,6 +11,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import pytest
 from sandbox_helpers import only
 
 from pytest_sandlock.engine.channel import client
@@ -166,6 +167,71 @@ def test_path_mutations_outside_writable_set_denied(tmp_path: Path, repo_dir: Pa
     # positive control: mkdir and symlink in tmp_path work (rename/unlink/chmod would touch the repo)
     ok = Sandbox(Policy(net=NET)).call(body, str(tmp_path)).value
     assert ok["mkdir"] == "done" and ok["symlink"] == "done"
+
+
+def _lookup_failures(base: str) -> dict[str, object]:
+    """Inside the sandbox: calls outside the writable paths that fail before any permission check,
+    then two that reach Landlock (the controls). Each gives "done" or the errno the code saw."""
+    missing = os.path.join(base, "no-such-dir")
+    a_file = os.path.join(base, "a-file")
+    calls = {
+        "create under a missing dir": lambda: os.open(
+            os.path.join(missing, "clock.txt"), os.O_RDWR | os.O_CREAT
+        ),
+        "write a missing file": lambda: os.open(os.path.join(base, "missing"), os.O_WRONLY),
+        "create under a file": lambda: os.open(os.path.join(a_file, "x"), os.O_WRONLY | os.O_CREAT),
+        "mkdir an existing dir": lambda: os.mkdir(base),
+        "makedirs exist_ok": lambda: os.makedirs(base, exist_ok=True),
+        "unlink a missing file": lambda: os.unlink(os.path.join(base, "missing")),
+        "control: create": lambda: os.open(os.path.join(base, "new"), os.O_WRONLY | os.O_CREAT),
+        "control: mkdir": lambda: os.mkdir(os.path.join(base, "newdir")),
+    }
+    out: dict[str, object] = {}
+    for name, call in calls.items():
+        try:
+            call()
+            out[name] = "done"
+        except OSError as exc:
+            out[name] = exc.errno
+    return out
+
+
+@pytest.mark.parametrize(
+    "decided_by",
+    ["landlock", "supervisor (policy_fn)", "supervisor (fs_deny)"],
+    ids=["landlock", "fn", "deny"],
+)
+def test_what_fails_before_permission_checks_is_no_denial(outside_dir: Path, decided_by: str) -> None:
+    """A write outside the writable paths that the kernel refuses during its path walk anyway (a
+    missing parent directory, an existing name for mkdir) fails as it would with no sandbox and is
+    recorded with that errno, not as a denial: strict mode must not fail a test for it. Found by
+    running werkzeug's suite: libuuid tries to create /var/lib/libuuid/clock.txt, which does not
+    exist, and carries on. The controls in the same sandbox are real denials."""
+    (outside_dir / "a-file").write_text("x")
+    policy = Policy(net=NET)
+    policy_fn = None
+    if decided_by == "supervisor (policy_fn)":
+        policy_fn = lambda event, ctx: None  # noqa: E731 - allow-all: the supervisor decides first
+    elif decided_by == "supervisor (fs_deny)":
+        policy = Policy(net=NET, fs_deny=[str(outside_dir / "denied")])
+    result = Sandbox(policy, policy_fn).call(_lookup_failures, str(outside_dir))
+    assert result.value == {
+        "create under a missing dir": errno.ENOENT,
+        "write a missing file": errno.ENOENT,
+        "create under a file": errno.ENOTDIR,
+        "mkdir an existing dir": errno.EEXIST,
+        "makedirs exist_ok": "done",
+        "unlink a missing file": errno.ENOENT,
+        "control: create": errno.EACCES,
+        "control: mkdir": errno.EACCES,
+    }
+    assert sorted(e.path for e in result.denials) == [str(outside_dir / "new"), str(outside_dir / "newdir")]
+    assert not (outside_dir / "new").exists() and not (outside_dir / "newdir").exists()
+    missing = only(result.events, path=str(outside_dir / "no-such-dir" / "clock.txt"))
+    assert (missing.denied, missing.errno) == (False, errno.ENOENT)
+    assert missing.reason is not None and missing.reason.startswith("no such file or directory")
+    existing = [e for e in result.events if e.syscall in ("mkdir", "mkdirat") and e.path == str(outside_dir)]
+    assert existing and all((e.denied, e.errno) == (False, errno.EEXIST) for e in existing)
 
 
 def test_fs_write_adds_a_writable_dir(outside_dir: Path) -> None:

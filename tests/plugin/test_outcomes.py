@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 OUTCOMES = """
@@ -315,7 +317,6 @@ def test_an_end_that_cannot_be_checked_control(pytester, monkeypatch, tmp_path) 
 
 def _kill_leftover(pid_file) -> bool:
     """SIGKILL the inner test's process if it still runs; True if it did."""
-    import os
     import signal
 
     pid = int(pid_file.read_text())
@@ -327,3 +328,41 @@ def _kill_leftover(pid_file) -> bool:
         return True
     except (FileNotFoundError, ProcessLookupError):
         return False
+
+
+LOOKUP_FAILURES = """
+import errno, os, pytest
+
+OUTSIDE = os.environ["OUTSIDE_DIR"]
+
+def test_probes_that_fail_anyway():
+    # As libuuid does for /var/lib/libuuid/clock.txt: try, see ENOENT, carry on.
+    with pytest.raises(FileNotFoundError):
+        os.open(os.path.join(OUTSIDE, "no-such-dir", "clock.txt"), os.O_RDWR | os.O_CREAT)
+    os.makedirs(OUTSIDE, exist_ok=True)
+
+def test_control_a_real_denial_swallowed():
+    try:
+        os.open(os.path.join(OUTSIDE, "new-file"), os.O_WRONLY | os.O_CREAT)
+    except OSError as exc:
+        assert exc.errno == errno.EACCES
+"""
+
+
+def test_strict_mode_ignores_what_the_kernel_refuses_anyway(pytester, monkeypatch) -> None:
+    """A probe outside the writable paths that fails in the kernel's path walk (ENOENT, EEXIST) is
+    no denial, so strict mode passes the test; a swallowed real denial still fails it."""
+    import shutil
+    import tempfile
+
+    outside = tempfile.mkdtemp(prefix="sandlock-outside-", dir="/var/tmp")
+    try:
+        monkeypatch.setenv("OUTSIDE_DIR", outside)
+        pytester.makepyfile(test_inner=LOOKUP_FAILURES)
+        result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--sandlock-strict")
+        result.assert_outcomes(passed=1, failed=1)
+        result.stdout.fnmatch_lines(["*FAILED test_inner.py::test_control_a_real_denial_swallowed*"])
+        result.stdout.no_fnmatch_line("*no-such-dir*denied*")
+        assert os.listdir(outside) == []
+    finally:
+        shutil.rmtree(outside, ignore_errors=True)
