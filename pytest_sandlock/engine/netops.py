@@ -15,7 +15,7 @@ import struct
 from typing import Any, Optional
 
 from .childmem import MsgHdr, SockAddr
-from .policy import PolicyContext
+from .policy import IPAddress, PolicyContext
 from .syscalls import bind_raw, connect_raw, getsockopt_int, pidfd_getfd, sendto_raw
 
 SO_PROTOCOL = 38
@@ -142,15 +142,34 @@ def bind_unix_path(sock: int, path: str) -> int:
         os.close(dfd)
 
 
+_LOOPBACK_V4 = ipaddress.IPv4Address("127.0.0.1")
+_LOOPBACK_V6 = ipaddress.IPv6Address("::1")
+_MAPPED_LOOPBACK = ipaddress.IPv6Address("::ffff:127.0.0.1")
+
+
+def reached_host(host: IPAddress) -> IPAddress:
+    """The host a connect or send to ``host`` reaches. Linux takes the unspecified address for
+    loopback (0.0.0.0 and ::ffff:0.0.0.0 reach 127.0.0.1, :: reaches ::1); glibc's getaddrinfo
+    connects UDP sockets to both when it sorts the answers of a passive lookup (host None), and
+    asyncio's start_server(host=None) does one. Decided as loopback, as the kernel routes them."""
+    if host.is_unspecified:
+        return _LOOPBACK_V4 if host.version == 4 else _LOOPBACK_V6
+    if (
+        isinstance(host, ipaddress.IPv6Address)
+        and host.ipv4_mapped is not None
+        and host.ipv4_mapped.is_unspecified
+    ):
+        return _MAPPED_LOOPBACK
+    return host
+
+
 def bind_allowed(ctx: PolicyContext, pid: int, protocol: str, addr: SockAddr) -> tuple[bool, str]:
     """A bind is allowed on an address the policy lets the test reach (wildcards count as loopback)."""
     assert addr.host is not None and addr.port is not None
     net = ctx.policy.net
     if net is None:
         return True, ""
-    host = addr.host
-    if host.is_unspecified:
-        host = ipaddress.ip_address("127.0.0.1" if host.version == 4 else "::1")
+    host = reached_host(addr.host)
     if addr.port == 0:
         if any(rule.host_matches(host) and protocol in rule.protocols for rule in net):
             return True, ""

@@ -519,7 +519,8 @@ class Supervisor:
             key = (pid, protocol, addr.host, addr.port)
             cached = self._net_cache.get(key)
             if cached is None:
-                cached = self._net_cache[key] = self.ctx.network_allowed(pid, protocol, addr.host, addr.port)
+                host = netops.reached_host(addr.host)
+                cached = self._net_cache[key] = self.ctx.network_allowed(pid, protocol, host, addr.port)
             return cached[0], cached[1], protocol
         if addr.family == socket.AF_UNIX:
             if addr.abstract is not None:
@@ -728,6 +729,16 @@ class Supervisor:
                 self.listener.fail(notif.id, err)
                 return
             if addr.family == socket.AF_UNIX and addr.unix_path:
+                if self.landlock_enforced or self.audit:
+                    # The child binds it itself: a socket's name is the address bytes it was bound
+                    # with, and the child's must be the name getsockname() and its peers see
+                    # (uvicorn, multiprocessing.connection, asyncio pass it on). Where the socket
+                    # file can be created, Landlock decides (its MAKE_SOCK right, within the
+                    # writable paths), whatever the child's memory says by then; in audit mode
+                    # nothing is denied. Only without Landlock does the supervisor bind it, through
+                    # the directory it checked, and then the name is a /proc/self/fd path.
+                    self.listener.continue_(notif.id)
+                    return
                 result = netops.bind_unix_path(sock, bind_path)
             else:
                 result = netops.bind(sock, addr)

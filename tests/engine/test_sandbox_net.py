@@ -477,6 +477,61 @@ def test_unix_bind_outside_writable_set_denied(tmp_path, outside_dir) -> None:
     assert only(result.events, syscall="bind").denied
 
 
+def _passive_lookup_and_connect_to_any(port: int) -> list[object]:
+    # glibc sorts a passive lookup's answers (:: and 0.0.0.0) with a UDP connect to each.
+    infos = socket.getaddrinfo(None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    return [len(infos), tcp_send("0.0.0.0", port, b"to any")]
+
+
+def test_the_unspecified_address_is_loopback(tcp_inside) -> None:
+    """Linux sends a connect to 0.0.0.0 (or ::) to loopback: decided as loopback, not as an
+    outside address (asyncio.start_server(host=None) does such a lookup; found running uvicorn's
+    suite). Under a policy without 127.0.0.1 the same connect is denied: the control."""
+    loopback = Policy(net=["127.0.0.1", "::1"])  # the default policy's loopback
+    result = Sandbox(loopback).call(_passive_lookup_and_connect_to_any, tcp_inside.port)
+    assert result.value == [2, "ok"]
+    assert tcp_inside.received() == [b"to any"]
+    assert result.denials == []
+    assert {str(e.host) for e in result.events if e.syscall == "connect"} >= {"0.0.0.0", "::"}
+    denied = Sandbox(Policy(net=[OUTSIDE])).call(_passive_lookup_and_connect_to_any, tcp_inside.port)
+    assert denied.value == [2, errno.EACCES]
+    assert tcp_inside.received() == [b"to any"]  # nothing more
+    assert {str(e.host) for e in denied.denials} == {"0.0.0.0", "::"}
+
+
+def test_unix_bind_keeps_the_name_the_test_gave(tmp_path) -> None:
+    """A socket's name is the address it was bound with: getsockname() and its peers must see the
+    test's own path (multiprocessing.connection, asyncio and uvicorn hand it on), never a path of
+    the supervisor's. Found by running anyio's and uvicorn's suites under --sandlock-strict."""
+
+    def body(directory: str) -> list[object]:
+        os.chdir(directory)
+        out: list[object] = []
+        server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        server.bind(os.path.join(directory, "abs.sock"))
+        server.listen(1)
+        out.append(server.getsockname())
+        client = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        client.connect(server.getsockname())  # reachable by the name it reports
+        out.append(server.accept()[0].getsockname())
+        relative = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        relative.bind("rel.sock")
+        out.append(relative.getsockname())
+        sender = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sender.bind(os.path.join(directory, "sender.sock"))
+        sender.sendto(b"hi", "rel.sock")
+        data, peer = relative.recvfrom(10)
+        relative.sendto(b"back", peer)  # a reply to the sender's reported name arrives
+        out += [data, peer, sender.recv(10)]
+        return out
+
+    result = Sandbox(Policy(net=LOCAL)).call(body, str(tmp_path))
+    abs_path, sender = str(tmp_path / "abs.sock"), str(tmp_path / "sender.sock")
+    assert result.value == [abs_path, abs_path, "rel.sock", b"hi", sender, b"back"]
+    binds = [e for e in result.events if e.syscall == "bind"]
+    assert len(binds) == 3 and not any(e.denied for e in binds)
+
+
 # --------------------------------------------------------------------------------------------- bind
 
 

@@ -173,3 +173,53 @@ def test_directory_swap_race_control(outside: Outside, tmp_path: Path) -> None:
     counts = run_unconfined(directory_swap_race, str(tmp_path), outside.dir, 300)
     assert counts.get(0, 0) > 0
     assert any(kind == "unix" for kind, _ in outside.drain())
+
+
+def bind_swap_race(tmp: str, outside_dir: str, tries: int) -> int:
+    """Bind tmp/d/<n>.sock while another process exchanges tmp/d with a symlink to the outside
+    directory (renameat2 RENAME_EXCHANGE). The child binds its own sockets (so that they keep their
+    names): where the kernel creates the file, Landlock decides. Returns how many binds succeeded."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    os.mkdir(f"{tmp}/d")
+    os.symlink(outside_dir, f"{tmp}/link")
+    pid = os.fork()
+    if pid == 0:
+        a, b = f"{tmp}/d".encode(), f"{tmp}/link".encode()
+        while True:
+            libc.renameat2(-100, a, -100, b, 2)  # RENAME_EXCHANGE
+    while not os.path.islink(f"{tmp}/d"):  # the swapper is running
+        pass
+    bound = 0
+    try:
+        for n in range(tries):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.bind(f"{tmp}/d/{n}.sock")
+                bound += 1
+            except OSError:
+                pass
+            finally:
+                sock.close()
+    finally:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    return bound
+
+
+@pytest.mark.sandbox(net=LOCAL)
+def test_bind_swap_race_creates_nothing_outside(outside: Outside, tmp_path: Path) -> None:
+    before = set(os.listdir(outside.dir))
+    bound = bind_swap_race(str(tmp_path), outside.dir, 1000)
+    assert set(os.listdir(outside.dir)) == before  # not one socket file landed outside
+    assert bound > 0  # some binds went into tmp_path/d: the race was really run
+
+
+def test_bind_swap_race_control(outside: Outside, tmp_path: Path) -> None:
+    before = set(os.listdir(outside.dir))
+    run_unconfined(bind_swap_race, str(tmp_path), outside.dir, 300)
+    landed = set(os.listdir(outside.dir)) - before
+    assert any(name.endswith(".sock") for name in landed)
+    for name in landed:
+        os.unlink(os.path.join(outside.dir, name))
