@@ -7,6 +7,7 @@ probing never confines the caller.
 from __future__ import annotations
 
 import ctypes
+import errno
 import fcntl
 import json
 import os
@@ -90,7 +91,7 @@ def _probe_seccomp() -> dict[str, bool]:
     marker = ctypes.create_string_buffer(_MARKER)
     pid = os.fork()
     if pid == 0:
-        result = {"listener": False, "killable": False, "sync": False}
+        result = {"listener": False, "killable": False, "sync": False, "nested": False}
         try:
             os.close(read_fd)
             os.close(done_w)
@@ -102,7 +103,10 @@ def _probe_seccomp() -> dict[str, bool]:
             ):
                 try:
                     fd = seccomp(SECCOMP_SET_MODE_FILTER, flags, prog.fprog_address)
-                except OSError:
+                except OSError as exc:
+                    # EBUSY: a filter of this process's chain has a listener already (the kernel
+                    # allows one per chain), i.e. this pytest runs inside a sandbox.
+                    result["nested"] = result["nested"] or exc.errno == errno.EBUSY
                     continue
                 result["listener"] = True
                 if key:
@@ -134,7 +138,8 @@ def _probe_seccomp() -> dict[str, bool]:
         parsed = json.loads(data)
     except ValueError:
         parsed = {}
-    return {**{k: bool(parsed.get(k)) for k in ("listener", "killable", "sync")}, "memory": memory}
+    keys = ("listener", "killable", "sync", "nested")
+    return {**{k: bool(parsed.get(k)) for k in keys}, "memory": memory}
 
 
 def _ptrace_scope() -> str:
@@ -192,7 +197,7 @@ def probe(refresh: bool = False) -> Capabilities:
     sec = (
         _probe_seccomp()
         if arch == "x86_64"
-        else {"listener": False, "killable": False, "sync": False, "memory": False}
+        else {"listener": False, "killable": False, "sync": False, "memory": False, "nested": False}
     )
     getfd, thread = _probe_pidfd()
     caps = Capabilities(
@@ -209,7 +214,12 @@ def probe(refresh: bool = False) -> Capabilities:
     if arch != "x86_64":
         caps.problems.append(f"architecture {arch} is not supported (x86-64 only)")
     if not caps.seccomp_listener:
-        caps.problems.append("seccomp user notification is unavailable (needs Linux 5.0+)")
+        caps.problems.append(
+            "this process already runs under a seccomp notification listener (inside a sandbox?): "
+            "the kernel allows one per filter chain, so it cannot sandbox again"
+            if sec["nested"]
+            else "seccomp user notification is unavailable (needs Linux 5.0+)"
+        )
     if not getfd:
         caps.problems.append("pidfd_getfd is unavailable (needs Linux 5.6+)")
     if caps.seccomp_listener and not sec["memory"]:

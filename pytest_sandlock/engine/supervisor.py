@@ -184,6 +184,15 @@ _NAMES: dict[int, str] = {
 _NR = {name: nr for nr, name in _NAMES.items()}
 
 
+class _KernelAnswer(Exception):
+    """The call fails in the kernel whatever the policy says (a descriptor the caller does not
+    have: EBADF): answered with that errno, no event, no internal error."""
+
+    def __init__(self, err: int) -> None:
+        super().__init__(os.strerror(err))
+        self.errno = err
+
+
 # A connect's (address, allowed, errno, event to record).
 _ConnectVerdict = tuple[childmem.SockAddr, bool, int, SyscallEvent]
 
@@ -412,6 +421,8 @@ class Supervisor:
                 self.listener.fail(notif.id, errno.ENOSYS)
                 return
             handler(self, notif)
+        except _KernelAnswer as answer:  # refused before the policy has anything to decide
+            self.listener.fail(notif.id, answer.errno)
         except ProcessLookupError:
             self.listener.fail(notif.id, errno.ESRCH)
         except Exception as exc:  # fail closed: an internal error is a denial, never an allow
@@ -464,15 +475,20 @@ class Supervisor:
         exactly the bytes that were checked, but wrong for the next ones).
         """
         try:
-            return pidfd_getfd(self._pidfd(notif.pid), _s32(fd_arg))
-        except ProcessLookupError:
-            stale = self._pidfds.pop(notif.pid, None)
-            if stale is None:
-                raise
-            os.close(stale)
-            self._procinfo.pop(notif.pid, None)
-            forget_memory_fd(notif.pid)
-            return pidfd_getfd(self._pidfd(notif.pid), _s32(fd_arg))
+            try:
+                return pidfd_getfd(self._pidfd(notif.pid), _s32(fd_arg))
+            except ProcessLookupError:
+                stale = self._pidfds.pop(notif.pid, None)
+                if stale is None:
+                    raise
+                os.close(stale)
+                self._procinfo.pop(notif.pid, None)
+                forget_memory_fd(notif.pid)
+                return pidfd_getfd(self._pidfd(notif.pid), _s32(fd_arg))
+        except OSError as exc:
+            if exc.errno == errno.EBADF:  # not an open descriptor of the caller: so says the kernel
+                raise _KernelAnswer(errno.EBADF) from None
+            raise
 
     # ------------------------------------------------------------------ verdicts
     def _decide(self, event: SyscallEvent, static_ok: bool, reason: str) -> tuple[bool, int, SyscallEvent]:
@@ -940,11 +956,13 @@ class Supervisor:
         return running
 
     def _on_seccomp(self, notif: Notification) -> None:
+        # The kernel refuses a second listener in a filter chain itself (EBUSY): the answer is the
+        # kernel's and no denial (a nested pytest probes for one to print its header). Notified
+        # only to say why, in the events.
         event = self._base_event(
             notif,
             "seccomp",
             SyscallCategory.PROCESS,
-            denied=True,
             errno=errno.EBUSY,
             reason="a second seccomp notification listener cannot run inside pytest-sandlock (one per chain)",
         )

@@ -477,6 +477,43 @@ def test_unix_bind_outside_writable_set_denied(tmp_path, outside_dir) -> None:
     assert only(result.events, syscall="bind").denied
 
 
+def _calls_on_a_closed_socket(port: int) -> dict[str, object]:
+    out: dict[str, object] = {}
+    stale = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    stale.close()  # fileno() is -1 now; CPython still makes the calls
+    calls = {
+        "sendto": lambda: stale.sendto(b"x", (INSIDE, port)),
+        "connect": lambda: stale.connect((INSIDE, port)),
+        "bind": lambda: stale.bind((INSIDE, 0)),
+        "sendmsg": lambda: stale.sendmsg([b"x"], [], 0, (INSIDE, port)),
+        "control: sendto outside": lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(
+            b"x", (OUTSIDE, port)
+        ),
+    }
+    for name, call in calls.items():
+        try:
+            call()
+            out[name] = "done"
+        except OSError as exc:
+            out[name] = exc.errno
+    return out
+
+
+def test_a_call_on_a_closed_descriptor_is_ebadf(udp_inside) -> None:
+    """The kernel's answer (EBADF), not an internal error turned into EACCES and a denial: found by
+    running anyio's suite (a datagram socket's send after close)."""
+    result = Sandbox(Policy(net=LOCAL)).call(_calls_on_a_closed_socket, udp_inside.port)
+    assert result.value == {
+        "sendto": errno.EBADF,
+        "connect": errno.EBADF,
+        "bind": errno.EBADF,
+        "sendmsg": errno.EBADF,
+        "control: sendto outside": errno.EACCES,
+    }
+    assert result.internal_errors == []
+    assert [(e.syscall, str(e.host)) for e in result.denials] == [("sendto", OUTSIDE)]
+
+
 def _passive_lookup_and_connect_to_any(port: int) -> list[object]:
     # glibc sorts a passive lookup's answers (:: and 0.0.0.0) with a UDP connect to each.
     infos = socket.getaddrinfo(None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)

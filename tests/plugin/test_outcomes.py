@@ -366,3 +366,28 @@ def test_strict_mode_ignores_what_the_kernel_refuses_anyway(pytester, monkeypatc
         assert os.listdir(outside) == []
     finally:
         shutil.rmtree(outside, ignore_errors=True)
+
+
+NESTED = """
+import subprocess, sys
+
+def test_runs_pytest_in_a_subprocess(tmp_path):
+    # What pytester.runpytest_subprocess() does: a nested pytest, which loads pytest-sandlock too.
+    (tmp_path / "test_innermost.py").write_text("def test_innermost():\\n    pass\\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", str(tmp_path)],
+        cwd=tmp_path, capture_output=True, text=True,
+    )
+    print(proc.stdout)
+    assert proc.returncode == 0, proc.stdout
+"""
+
+
+def test_a_nested_pytest_in_a_strict_test(pytester) -> None:
+    """A pytest run inside a sandboxed test probes for a seccomp listener for its header; the
+    kernel refuses a second one in the chain (EBUSY). That is no denial (found running anyio's
+    suite, whose tests run pytester), and the nested header says why it cannot sandbox."""
+    pytester.makepyfile(test_inner=NESTED)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--sandlock-strict", "-s")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*already runs under a seccomp notification listener*"])
