@@ -55,6 +55,13 @@ def _reference_python(requirement: str, module: str, system_site_packages: bool)
     return python, f"{requirement} installed into {env_dir}"
 
 
+def _reference_args(option: str, requirement: str, module: str, system_site_packages: bool) -> list[str]:
+    """``[option, interpreter]`` for a benchmark script, or [] (saying why) when not installable."""
+    python, note = _reference_python(requirement, module, system_site_packages)
+    print(f"\n{note}")
+    return [option, python] if python is not None else []
+
+
 def _run(title: str, argv: list[str]) -> int:
     print(f"\n## {title}\n$ {' '.join(argv)}", flush=True)
     return subprocess.run([sys.executable, *argv], cwd=os.path.dirname(HERE)).returncode
@@ -70,24 +77,16 @@ def main() -> None:
     plugin_rounds, engine_rounds = ("2", "3") if args.quick else ("5", "9")
     failed = 0
     plugin = [os.path.join(HERE, "bench_plugin.py"), "--rounds", plugin_rounds]
-    if args.no_references:
-        print("\n(pytest-forked reference skipped: --no-references)")
-    else:
-        python, note = _reference_python(f"pytest-forked=={FORKED_VERSION}", "pytest_forked", True)
-        print(f"\n{note}")
-        if python is not None:
-            plugin += ["--forked-python", python]
+    if not args.no_references:
+        plugin += _reference_args(
+            "--forked-python", f"pytest-forked=={FORKED_VERSION}", "pytest_forked", True
+        )
     failed |= _run("pytest runs (the six measurements)", plugin)
     failed |= _run("engine", [os.path.join(HERE, "bench_engine.py"), "--rounds", engine_rounds])
     failed |= _run("the machine: page faults after a fork", [os.path.join(HERE, "bench_machine.py")])
     vs = [os.path.join(HERE, "bench_vs_sandlock.py"), "--rounds", engine_rounds]
-    if args.no_references:
-        print("\n(sandlock comparison skipped: --no-references)")
-    else:
-        python, note = _reference_python(f"sandlock=={SANDLOCK_VERSION}", "sandlock", False)
-        print(f"\n{note}")
-        if python is not None:
-            vs += ["--sandlock-python", python]
+    if not args.no_references:
+        vs += _reference_args("--sandlock-python", f"sandlock=={SANDLOCK_VERSION}", "sandlock", False)
     failed |= _run("against the sandlock wheel", vs)
     sys.exit(1 if failed else 0)
 

@@ -12,6 +12,7 @@ No traffic ever leaves loopback.
 from __future__ import annotations
 
 import socket
+from collections.abc import Callable
 from pathlib import Path
 from typing import Optional
 
@@ -126,6 +127,18 @@ def tcp_send(host: str, port: int, payload: bytes, family: int = socket.AF_INET)
         return exc.errno
     finally:
         s.close()
+
+
+def outcomes(calls: dict[str, Callable[[], object]]) -> dict[str, object]:
+    """Inside the sandbox: run each call in turn; by name, "done" or the errno it raised."""
+    out: dict[str, object] = {}
+    for name, call in calls.items():
+        try:
+            call()
+            out[name] = "done"
+        except OSError as exc:
+            out[name] = exc.errno
+    return out
 
 
 def errno_of(fn: object) -> object:

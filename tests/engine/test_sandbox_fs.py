@@ -12,7 +12,7 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from sandbox_helpers import only
+from sandbox_helpers import only, outcomes
 
 from pytest_sandlock.engine.channel import client
 from pytest_sandlock.engine.policy import Policy, SyscallCategory
@@ -141,21 +141,16 @@ def test_path_mutations_outside_writable_set_denied(tmp_path: Path, repo_dir: Pa
     existing = repo_dir / "pyproject.toml"
 
     def body(base: str) -> dict[str, object]:
-        out: dict[str, object] = {}
         newdir = os.path.join(base, f".probe-dir-{os.getpid()}")
-        for name, op in (
-            ("mkdir", lambda: os.mkdir(newdir)),
-            ("symlink", lambda: os.symlink("/etc/hostname", newdir + ".lnk")),
-            ("rename", lambda: os.rename(str(existing), os.path.join(base, "moved"))),
-            ("unlink", lambda: os.unlink(str(existing))),
-            ("chmod", lambda: os.chmod(str(existing), 0o600)),
-        ):
-            try:
-                op()
-                out[name] = "done"
-            except OSError as exc:
-                out[name] = exc.errno
-        return out
+        return outcomes(
+            {
+                "mkdir": lambda: os.mkdir(newdir),
+                "symlink": lambda: os.symlink("/etc/hostname", newdir + ".lnk"),
+                "rename": lambda: os.rename(str(existing), os.path.join(base, "moved")),
+                "unlink": lambda: os.unlink(str(existing)),
+                "chmod": lambda: os.chmod(str(existing), 0o600),
+            }
+        )
 
     mode = existing.stat().st_mode
     result = Sandbox(Policy(net=NET)).call(body, str(repo_dir))
@@ -186,14 +181,7 @@ def _lookup_failures(base: str) -> dict[str, object]:
         "control: create": lambda: os.open(os.path.join(base, "new"), os.O_WRONLY | os.O_CREAT),
         "control: mkdir": lambda: os.mkdir(os.path.join(base, "newdir")),
     }
-    out: dict[str, object] = {}
-    for name, call in calls.items():
-        try:
-            call()
-            out[name] = "done"
-        except OSError as exc:
-            out[name] = exc.errno
-    return out
+    return outcomes(calls)
 
 
 @pytest.mark.parametrize(

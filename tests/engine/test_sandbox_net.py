@@ -18,7 +18,16 @@ import threading
 import time
 
 import pytest
-from sandbox_helpers import INSIDE, OUTSIDE, TcpListener, UnixListener, connect_errno, only, tcp_send
+from sandbox_helpers import (
+    INSIDE,
+    OUTSIDE,
+    TcpListener,
+    UnixListener,
+    connect_errno,
+    only,
+    outcomes,
+    tcp_send,
+)
 
 from pytest_sandlock.engine.policy import Policy, SyscallCategory
 from pytest_sandlock.engine.sandbox import Sandbox
@@ -478,7 +487,6 @@ def test_unix_bind_outside_writable_set_denied(tmp_path, outside_dir) -> None:
 
 
 def _calls_on_a_closed_socket(port: int) -> dict[str, object]:
-    out: dict[str, object] = {}
     stale = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     stale.close()  # fileno() is -1 now; CPython still makes the calls
     calls = {
@@ -490,13 +498,7 @@ def _calls_on_a_closed_socket(port: int) -> dict[str, object]:
             b"x", (OUTSIDE, port)
         ),
     }
-    for name, call in calls.items():
-        try:
-            call()
-            out[name] = "done"
-        except OSError as exc:
-            out[name] = exc.errno
-    return out
+    return outcomes(calls)
 
 
 def test_a_call_on_a_closed_descriptor_is_ebadf(udp_inside) -> None:

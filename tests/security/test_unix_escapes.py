@@ -7,9 +7,11 @@ through that descriptor, so a symlink (or a swapped directory) cannot redirect w
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -131,33 +133,40 @@ def test_unix_socket_in_writable_dir_is_reachable(tmp_path: Path) -> None:
 SWAPS = 3000
 
 
-def directory_swap_race(tmp: str, outside_dir: str, tries: int) -> dict[object, int]:
-    """Connect to tmp/d/s (a socket of our own) while another process atomically exchanges tmp/d with a
-    symlink to the outside directory (renameat2 RENAME_EXCHANGE): the check and the connect must see
-    the same inode."""
+@contextlib.contextmanager
+def swapping(tmp: str, outside_dir: str) -> Iterator[None]:
+    """While the block runs, another process atomically exchanges tmp/d (which must exist) with
+    tmp/link, a symlink to the outside directory, again and again (renameat2 RENAME_EXCHANGE)."""
     import ctypes
 
     libc = ctypes.CDLL(None, use_errno=True)
-    os.mkdir(f"{tmp}/d")
-    own = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    own.bind(f"{tmp}/d/outside.sock")
-    own.listen(4096)
     os.symlink(outside_dir, f"{tmp}/link")
     pid = os.fork()
     if pid == 0:
         a, b = f"{tmp}/d".encode(), f"{tmp}/link".encode()
         while True:
             libc.renameat2(-100, a, -100, b, 2)  # RENAME_EXCHANGE
-    while not os.path.islink(f"{tmp}/d"):  # the swapper is running
-        pass
-    counts: dict[object, int] = {}
     try:
-        for _ in range(tries):
-            result = unix_connect(f"{tmp}/d/outside.sock")
-            counts[result] = counts.get(result, 0) + 1
+        while not os.path.islink(f"{tmp}/d"):  # the swapper is running
+            pass
+        yield
     finally:
         os.kill(pid, 9)
         os.waitpid(pid, 0)
+
+
+def directory_swap_race(tmp: str, outside_dir: str, tries: int) -> dict[object, int]:
+    """Connect to tmp/d/s (a socket of our own) while tmp/d is swapped with a symlink to the outside
+    directory: the check and the connect must see the same inode."""
+    os.mkdir(f"{tmp}/d")
+    own = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    own.bind(f"{tmp}/d/outside.sock")
+    own.listen(4096)
+    counts: dict[object, int] = {}
+    with swapping(tmp, outside_dir):
+        for _ in range(tries):
+            result = unix_connect(f"{tmp}/d/outside.sock")
+            counts[result] = counts.get(result, 0) + 1
     return counts
 
 
@@ -176,23 +185,12 @@ def test_directory_swap_race_control(outside: Outside, tmp_path: Path) -> None:
 
 
 def bind_swap_race(tmp: str, outside_dir: str, tries: int) -> int:
-    """Bind tmp/d/<n>.sock while another process exchanges tmp/d with a symlink to the outside
-    directory (renameat2 RENAME_EXCHANGE). The child binds its own sockets (so that they keep their
-    names): where the kernel creates the file, Landlock decides. Returns how many binds succeeded."""
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
+    """Bind tmp/d/<n>.sock while tmp/d is swapped with a symlink to the outside directory. The
+    child binds its own sockets (so that they keep their names): where the kernel creates the file,
+    Landlock decides. Returns how many binds succeeded."""
     os.mkdir(f"{tmp}/d")
-    os.symlink(outside_dir, f"{tmp}/link")
-    pid = os.fork()
-    if pid == 0:
-        a, b = f"{tmp}/d".encode(), f"{tmp}/link".encode()
-        while True:
-            libc.renameat2(-100, a, -100, b, 2)  # RENAME_EXCHANGE
-    while not os.path.islink(f"{tmp}/d"):  # the swapper is running
-        pass
     bound = 0
-    try:
+    with swapping(tmp, outside_dir):
         for n in range(tries):
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
@@ -202,9 +200,6 @@ def bind_swap_race(tmp: str, outside_dir: str, tries: int) -> int:
                 pass
             finally:
                 sock.close()
-    finally:
-        os.kill(pid, 9)
-        os.waitpid(pid, 0)
     return bound
 
 
