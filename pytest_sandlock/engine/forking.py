@@ -172,12 +172,19 @@ def fork() -> tuple[int, Optional[list[Handler]]]:
     them with ``run_child_handlers`` when it is ready to (after confinement). It is None after
     ``os.fork()``: the interpreter has run them already (and a thread they started may exist).
     In the parent it is always None.
+
+    The garbage collector is frozen around the fork (``gc.freeze()``) and unfrozen in the parent
+    only: the child returns with every inherited object frozen, and its caller unfreezes once the
+    child is ready to run code that may look at the collector (``launcher.launch`` does, right
+    before the target). Unfrozen, those objects join the oldest generation, so the child's young
+    collections still do not walk the inherited heap.
     """
     registries = None
     if os.environ.get("PYTEST_SANDLOCK_OS_FORK") != "1" and _single_threaded():
         registries = _locate()  # before the freeze below: frozen objects have no referrers to find
-    # Freeze the collector's view of every existing object: a collection in the child would
-    # otherwise walk (and so copy-on-write) the whole heap of the pytest process.
+    # Freeze every existing object: until the child's caller unfreezes, no collection in the child
+    # sees an inherited object, and after it they all sit in the oldest generation, so the child's
+    # frequent young collections do not walk (and so copy-on-write) the pytest process's heap.
     gc.freeze()
     try:
         pid, handlers = _fork(registries)
@@ -185,7 +192,7 @@ def fork() -> tuple[int, Optional[list[Handler]]]:
         gc.unfreeze()
         raise
     if pid:
-        gc.unfreeze()  # the parent's collector resumes; the child keeps its heap frozen
+        gc.unfreeze()  # the parent's collector resumes; the child's caller unfreezes its own
     return pid, handlers
 
 

@@ -12,7 +12,8 @@ Child, before any code it was asked to run:
      that if the supervisor dies, supervised syscalls fail with ENOSYS instead of blocking forever;
   6. closes the descriptors it was told to close (the parent's pipe ends, pytest's, the cached
      Landlock rulesets and /proc files) while the parent copies the listener; once acknowledged,
-     runs the at-fork handlers the fast fork left to it (see ``forking``), then the target.
+     runs the at-fork handlers the fast fork left to it (see ``forking``), unfreezes the heap that
+     ``forking.fork`` froze, then the target.
 Steps 1-4 are one loop over syscalls prepared in the parent (``confinement_steps``).
 Any failure in 1-5 is reported to the parent and the target never runs: confinement is never skipped.
 """
@@ -20,6 +21,7 @@ Any failure in 1-5 is reported to the parent and the target never runs: confinem
 from __future__ import annotations
 
 import ctypes
+import gc
 import os
 import resource
 import select
@@ -332,8 +334,15 @@ def launch(
                 os._exit(1)
             os.close(child_listener)
             os.close(ack_r)
-            if runs_python and child_handlers:  # confined by now: a thread they start is confined too
-                forking.run_child_handlers(child_handlers)
+            if runs_python:
+                if child_handlers:  # confined by now: a thread they start is confined too
+                    forking.run_child_handlers(child_handlers)
+                # forking.fork froze the heap; the target must see an ordinary collector: its
+                # gc.get_referrers()/get_objects() find objects made before the fork, and its
+                # gc.collect() frees cycles made before it. Unfrozen objects join the oldest
+                # generation, so young collections still skip the inherited heap (a list splice).
+                # An exec target (runs_python=False) drops the heap anyway.
+                gc.unfreeze()
             target(result_w)
         except BaseException:  # noqa: BLE001
             try:

@@ -5,7 +5,10 @@ The steps run in a forked child (the engine's own fork): nothing here confines t
 from __future__ import annotations
 
 import errno
+import gc
 import os
+import weakref
+from typing import Any
 
 import pytest
 
@@ -111,3 +114,38 @@ def test_unreadable_capabilities_fail_closed(monkeypatch: pytest.MonkeyPatch) ->
         launcher.prepare_capability_drop()
     with pytest.raises(SandboxError, match="cannot read this process's capabilities"):
         Sandbox(Policy(net=["127.0.0.1"])).call(int)
+
+
+class _Thing:
+    """A plain object the collector tracks (instances of a Python class with a __dict__)."""
+
+
+_MODULE_THING = _Thing()  # made long before any fork; referred to by this module's globals
+
+
+@pytest.mark.parametrize("os_fork", ["0", "1"])
+def test_the_target_runs_with_an_unfrozen_collector(monkeypatch: pytest.MonkeyPatch, os_fork: str) -> None:
+    """forking.fork freezes the heap around the fork (both the raw fork and the os.fork() fallback);
+    the child unfreezes before the target, which then sees objects made before the fork as plain
+    pytest would: gc.get_referrers finds their referrers and gc.collect frees their cycles."""
+    monkeypatch.setenv("PYTEST_SANDLOCK_OS_FORK", os_fork)
+    cycle = _Thing()
+    cycle.self = cycle  # type: ignore[attr-defined]
+    ref = weakref.ref(cycle)
+    holder = [cycle]
+    del cycle
+    assert gc.get_referrers(_MODULE_THING)  # the control: found here, in the pytest process
+
+    def in_child() -> dict[str, Any]:
+        holder.clear()  # now only the cycle keeps the object alive, in this process
+        gc.collect()
+        return {
+            "freeze_count": gc.get_freeze_count(),
+            "referrers_found": bool(gc.get_referrers(_MODULE_THING)),
+            "cycle_freed": ref() is None,
+        }
+
+    seen = Sandbox(Policy(net=["127.0.0.1"])).call(in_child).value
+    assert seen == {"freeze_count": 0, "referrers_found": True, "cycle_freed": True}
+    assert ref() is not None and holder  # the parent's own copy is untouched
+    assert gc.get_freeze_count() == 0

@@ -1,5 +1,6 @@
 """pytest's own features with sandboxed tests, under ``--sandlock-strict``, serial and with ``-n 2``:
-capsys, capfd, caplog, monkeypatch, tmp_path, recwarn; ``-x``, ``--lf``, ``-k``; ``--pdb``."""
+capsys, capfd, caplog, monkeypatch, tmp_path, recwarn; ``-x``, ``--lf``, ``-k``; ``--pdb``; at-fork handlers
+and the garbage collector in the child."""
 
 from __future__ import annotations
 
@@ -178,3 +179,36 @@ def test_at_fork_handlers_run_in_the_child_and_random_is_reseeded(pytester, mode
     result.assert_outcomes(passed=2)
     draws = [p.read_text() for p in pytester.path.rglob("draw.txt")]
     assert len(draws) == 2 and draws[0] != draws[1], draws
+
+
+GC_TESTS = """
+import gc, weakref, pytest
+
+class Thing:
+    pass
+
+THING = Thing()
+
+def test_module_global_has_a_referrer():
+    assert gc.get_referrers(THING), f"no referrers; gc.get_freeze_count()={gc.get_freeze_count()}"
+
+@pytest.fixture
+def cycle():
+    a = Thing()
+    a.self = a
+    return [a]
+
+def test_cycle_from_fixture_is_collected(cycle):
+    ref = weakref.ref(cycle.pop())
+    gc.collect()
+    assert ref() is None
+"""
+
+
+def test_the_collector_sees_objects_made_before_the_fork(pytester, mode):
+    """A sandboxed test's collector is not left frozen by the fork: gc.get_referrers finds a module
+    global's referrers (hypothesis' register_random relies on it) and gc.collect frees a cycle a
+    fixture made, as in plain pytest."""
+    pytester.makepyfile(test_gc=GC_TESTS)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--sandlock-strict", *mode)
+    result.assert_outcomes(passed=2)
