@@ -5,8 +5,10 @@ The pytest process keeps setup and teardown. For the call phase the original ``i
 pytest process needs into plain data: the outcome (the exception, pickled when possible, plus pytest's own
 failure representation built in the child, so assertion rewriting, ``--tb`` and ``--showlocals`` work),
 the text written to in-memory captures (``--capture=sys``, ``capsys``; fd-level capture is shared through the
-inherited descriptors), the caplog report text and the warnings. :func:`run_call` re-raises the outcome in
-the pytest process, so skip/xfail/``-x``/``pytest.exit`` behave as usual, and records the events.
+inherited descriptors), the caplog report text, the warnings, and what the test added to its item (markers,
+such as a dynamic xfail, and ``user_properties``). :func:`run_call` applies those to the item and re-raises
+the outcome in the pytest process, so skip/xfail/``-x``/``pytest.exit`` behave as usual, and records the
+events.
 
 Compatibility with other plugins lives here too:
 
@@ -602,6 +604,16 @@ def _child_main(
         buf.truncate()
     recorder = prep.recorder
     already = len(recorder)
+    # What the test adds to its own item lives in this process's copy: pytest's skipping plugin
+    # evaluates a dynamic xfail (add_marker, applymarker) after the call in the pytest process, and
+    # junitxml reads user_properties (record_property) there. Lengths and the first mark, not
+    # copies: every object touched here is a page fault. add_marker(append=False) inserts marks in
+    # front of the first one.
+    own_markers = item.own_markers
+    marks_before = len(own_markers)
+    first_mark = own_markers[0] if own_markers else None
+    properties = item.user_properties
+    properties_before = len(properties)
     call = pytest.CallInfo.from_call(runtest, when="call", reraise=None)
     recorded = [w for w in recorder[already:] if isinstance(w, warnings.WarningMessage)]
     for stream in (sys.stdout, sys.stderr):
@@ -618,11 +630,23 @@ def _child_main(
     captured = {key: buf.buffer.getvalue() for key, buf in captures.items()}  # type: ignore[attr-defined]
     stream = prep.log_stream
     log = stream.getvalue() if stream is not None else ""
+    marks_added = len(own_markers) != marks_before
+    properties_added = len(properties) != properties_before
     if call.excinfo is None and not (
-        coverage_problems or recorded or denials_read or log or any(captured.values())
+        coverage_problems
+        or recorded
+        or denials_read
+        or log
+        or any(captured.values())
+        or marks_added
+        or properties_added
     ):
         return None  # a quiet pass, the common case: nothing to carry back (see run_call)
     out: dict[str, Any] = {"exception": None, "internal": coverage_problems}
+    out["marks"] = []
+    if marks_added:
+        out["marks"] = _added_marks(item.nodeid, own_markers, marks_before, first_mark, out["internal"])
+    out["user_properties"] = [_portable_property(p) for p in properties[properties_before:]]
     if call.excinfo is not None:
         exc = call.excinfo.value
         report = pytest.TestReport.from_item_and_call(item, call)
@@ -653,8 +677,50 @@ def _child_main(
 
 
 def _quiet_pass() -> dict[str, Any]:
-    """What ``_child_main`` means by returning None: passed, printed, logged and warned nothing."""
-    return {"exception": None, "internal": [], "captures": {}, "log": "", "warnings": []}
+    """What ``_child_main`` means by returning None: passed, printed, logged, warned and added to
+    its item nothing."""
+    return {
+        "exception": None,
+        "internal": [],
+        "captures": {},
+        "log": "",
+        "warnings": [],
+        "marks": [],
+        "user_properties": [],
+    }
+
+
+def _added_marks(
+    nodeid: str, now: list[pytest.Mark], before: int, first: Optional[pytest.Mark], problems: list[str]
+) -> list[dict[str, Any]]:
+    """The marks the call added to the item (which had ``before`` marks, ``first`` the first of them),
+    as data: name, pickled ``(args, kwargs)``, and whether it went in front of the item's own
+    (``add_marker(append=False)``). A mark whose arguments do not pickle is reported in ``problems``
+    (an internal warning) instead."""
+    front = next((i for i, mark in enumerate(now) if mark is first), 0) if first is not None else 0
+    candidates = [(mark, True) for mark in now[:front]] + [(mark, False) for mark in now[front + before :]]
+    added: list[dict[str, Any]] = []
+    for mark, in_front in candidates:
+        pickled = _try_pickle((mark.args, dict(mark.kwargs)))
+        if pickled is None:
+            problems.append(
+                f"the marker {mark.name!r} that {nodeid} added during the call could not be carried "
+                "back to the pytest process (its arguments do not pickle): pytest did not see it"
+            )
+            continue
+        added.append({"name": mark.name, "args": pickled, "front": in_front})
+    return added
+
+
+def _portable_property(entry: object) -> dict[str, Any]:
+    """A ``user_properties`` entry as data: pickled, and as text in case it cannot be restored as
+    itself in the pytest process (text is what junitxml writes of a value anyway)."""
+    text: Any
+    if isinstance(entry, tuple) and len(entry) == 2:
+        text = (_safe_str(entry[0]), _safe_str(entry[1]))
+    else:
+        text = _safe_str(entry)
+    return {"pickled": _try_pickle(entry), "text": text}
 
 
 def _outcome_classes() -> tuple[tuple[str, type[BaseException]], ...]:
@@ -768,13 +834,61 @@ class _ExceptionUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"{module}.{name} is not an exception class")
 
 
-def _try_unpickle(data: Optional[bytes]) -> Any:
+_UNRESTORED = object()
+
+
+def _try_unpickle(data: Optional[bytes], default: Any = None) -> Any:
     if not isinstance(data, bytes):
-        return None
+        return default
     try:
         return _ExceptionUnpickler(io.BytesIO(data)).load()
     except Exception:
-        return None
+        return default
+
+
+def _apply_item_changes(item: pytest.Item, out: dict[str, Any]) -> None:
+    """Apply to the pytest process's item the marks and ``user_properties`` the test added to its
+    copy in the child, before the outcome is raised: pytest's skipping plugin re-evaluates xfail
+    marks after the call, and the report (junitxml) copies ``user_properties``.
+
+    Mark arguments are restored with the same unpickler as exceptions (builtin data, exception
+    classes such as xfail's ``raises``): a mark holding anything else is reported, not applied.
+    A property that cannot be restored as itself is kept as its text."""
+    front: list[pytest.MarkDecorator] = []
+    for entry in out.get("marks", ()):
+        name = entry.get("name")
+        value = _try_unpickle(entry.get("args"), _UNRESTORED)
+        if not (
+            isinstance(name, str)
+            and isinstance(value, tuple)
+            and len(value) == 2
+            and isinstance(value[0], tuple)
+            and isinstance(value[1], dict)
+            and all(isinstance(key, str) for key in value[1])
+        ):
+            warnings.warn(
+                pytest.PytestWarning(
+                    f"sandlock: the marker {name!r} that {item.nodeid} added during the call was not "
+                    "applied: its arguments are not plain data or exception classes"
+                ),
+                stacklevel=1,
+            )
+            continue
+        # pytest has no public constructor for a mark built from data; add_marker needs a decorator.
+        mark = pytest.Mark(name, value[0], value[1], _ispytest=True)
+        decorator = pytest.MarkDecorator(mark, _ispytest=True)
+        if entry.get("front"):
+            front.append(decorator)
+        else:
+            item.add_marker(decorator)
+    for decorator in reversed(front):  # inserted one by one at the front: keeps the child's order
+        item.add_marker(decorator, append=False)
+    for prop in out.get("user_properties", ()):
+        restored = _try_unpickle(prop.get("pickled"), _UNRESTORED)
+        if restored is _UNRESTORED:
+            text = prop.get("text")
+            restored = tuple(text) if isinstance(text, (list, tuple)) else text
+        item.user_properties.append(restored)
 
 
 def _rebuild_exception(config: pytest.Config, info: dict[str, Any]) -> tuple[BaseException, Any]:
@@ -862,6 +976,8 @@ def run_call(item: pytest.Item, runtest: Callable[[], None], spec: SandboxSpec, 
     if out is None:
         _fail((problem or "sandlock: no outcome") + strict.format_denials(record.events))
         return
+    if out.get("marks") or out.get("user_properties"):
+        _apply_item_changes(item, out)
     _deliver_outputs(item.config, out)
     info = out["exception"]
     # A process of the test may have outlived it (confined, no longer supervised): never a pass.

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+from xml.etree import ElementTree
 
 import pytest
 
@@ -391,3 +393,154 @@ def test_a_nested_pytest_in_a_strict_test(pytester) -> None:
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--sandlock-strict", "-s")
     result.assert_outcomes(passed=1)
     result.stdout.fnmatch_lines(["*already runs under a seccomp notification listener*"])
+
+
+DYNAMIC_MARKS_CONFTEST = """
+import json
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "custom: a mark with arguments")
+    config.addinivalue_line("markers", "first: a mark inserted in front")
+
+def pytest_runtest_teardown(item):
+    # Runs in the pytest process: what the item's marks are there after the call.
+    marks = [[m.name, repr(m.args), repr(sorted(m.kwargs.items()))] for m in item.own_markers]
+    with open(item.config.rootpath / f"{item.name}.parent.json", "w") as fh:
+        json.dump(marks, fh)
+"""
+
+DYNAMIC_MARKS = """
+import json, threading, pytest
+
+def seen_in_child(request):
+    marks = [[m.name, repr(m.args), repr(sorted(m.kwargs.items()))] for m in request.node.own_markers]
+    with open(request.config.rootpath / f"{request.node.name}.child.json", "w") as fh:
+        json.dump(marks, fh)
+
+def test_add_marker_xfail(request):
+    request.node.add_marker(pytest.mark.xfail(reason="known bug"))
+    assert False
+
+def test_applymarker_xfail_raises(request):
+    request.applymarker(pytest.mark.xfail(reason="applied", raises=ZeroDivisionError))
+    1 / 0
+
+def test_applymarker_xfail_wrong_exception(request):
+    request.applymarker(pytest.mark.xfail(raises=KeyError))
+    raise ValueError("not a KeyError")
+
+def test_dynamic_xfail_that_passes(request):
+    request.node.add_marker(pytest.mark.xfail(reason="maybe fixed"))
+
+def test_dynamic_strict_xfail_that_passes(request):
+    request.node.add_marker(pytest.mark.xfail(reason="must fail", strict=True))
+
+@pytest.mark.custom("static", level=1)
+def test_marks_keep_their_order(request):
+    request.node.add_marker(pytest.mark.first(1, 2.5, None, key=("a", b"b")), append=False)
+    request.node.add_marker(pytest.mark.first("in front of it"), append=False)
+    request.node.add_marker(pytest.mark.custom("dynamic", raises=KeyError))
+    seen_in_child(request)
+"""
+
+
+def test_marks_added_during_the_call_reach_pytest(pytester):
+    """A dynamic xfail (add_marker, applymarker) decides the outcome as in plain pytest, and every
+    mark the test added is on the pytest process's item, in the child's order."""
+    pytester.makeconftest(DYNAMIC_MARKS_CONFTEST)
+    pytester.makepyfile(test_inner=DYNAMIC_MARKS)
+    outcomes = {"passed": 1, "failed": 2, "xfailed": 2, "xpassed": 1}
+    plain = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rxX")
+    plain.assert_outcomes(**outcomes)  # the control: plain pytest
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rxX", "--sandlock-strict")
+    result.assert_outcomes(**outcomes)
+    result.stdout.fnmatch_lines(
+        [
+            "XFAIL test_inner.py::test_add_marker_xfail - known bug",
+            "XFAIL test_inner.py::test_applymarker_xfail_raises - applied",
+            "XPASS test_inner.py::test_dynamic_xfail_that_passes - maybe fixed",
+        ]
+    )
+    result.stdout.fnmatch_lines(["*test_dynamic_strict_xfail_that_passes*", "[[]XPASS(strict)] must fail"])
+    result.stdout.fnmatch_lines(["*ValueError: not a KeyError*"])
+    result.stdout.no_fnmatch_line("*sandlock: the marker*")
+    child = json.loads((pytester.path / "test_marks_keep_their_order.child.json").read_text())
+    parent = json.loads((pytester.path / "test_marks_keep_their_order.parent.json").read_text())
+    assert [m[0] for m in child] == ["first", "first", "custom", "custom"]
+    assert parent == child
+
+
+UNCARRIED_MARKS = """
+import threading, pytest
+
+class Opaque:
+    pass
+
+def test_mark_that_does_not_pickle(request):
+    request.node.add_marker(pytest.mark.custom(threading.Lock()))
+    request.node.add_marker(pytest.mark.xfail(reason="still applied"))
+    assert False
+
+def test_mark_that_is_not_plain_data(request):
+    request.node.add_marker(pytest.mark.custom(Opaque()))
+"""
+
+
+def test_marks_that_cannot_cross_back_are_reported(pytester):
+    """A mark whose arguments do not pickle, or are not plain data the pytest process may restore,
+    is not applied and said so (an internal warning); the test's other marks still apply."""
+    pytester.makeconftest(DYNAMIC_MARKS_CONFTEST)
+    pytester.makepyfile(test_inner=UNCARRIED_MARKS)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--sandlock-strict")
+    result.assert_outcomes(passed=1, xfailed=1, warnings=2)
+    result.stdout.fnmatch_lines(
+        [
+            "*sandlock: the marker 'custom' that test_inner.py::test_mark_that_does_not_pickle added "
+            "during the call could not be carried back to the pytest process*",
+        ]
+    )
+    result.stdout.fnmatch_lines(
+        [
+            "*sandlock: the marker 'custom' that test_inner.py::test_mark_that_is_not_plain_data added "
+            "during the call was not applied*",
+        ]
+    )
+
+
+USER_PROPERTIES = """
+import pytest
+
+class Opaque:
+    def __str__(self):
+        return "opaque as text"
+
+def test_records(record_property):
+    record_property("answer", 42)
+    record_property("object", Opaque())
+
+def test_records_then_fails(record_property, request):
+    record_property("before", "failing")
+    request.node.user_properties.append(("appended", [1, 2]))
+    assert False
+"""
+
+
+@pytest.mark.parametrize("mode", [(), ("-n", "2")], ids=["serial", "xdist"])
+def test_recorded_properties_reach_junitxml(pytester, mode):
+    """record_property (and user_properties appended directly) made in the sandbox reach the
+    pytest process's report, so --junitxml lists them; a value the pytest process cannot restore
+    as itself is carried as its text, which is what junitxml writes anyway."""
+    pytester.makepyfile(test_inner=USER_PROPERTIES)
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "--sandlock-strict", "--junitxml=out.xml", *mode
+    )
+    result.assert_outcomes(passed=1, failed=1)
+    root = ElementTree.parse(pytester.path / "out.xml").getroot()
+    properties = {
+        case.get("name"): [(p.get("name"), p.get("value")) for p in case.iter("property")]
+        for case in root.iter("testcase")
+    }
+    assert properties == {
+        "test_records": [("answer", "42"), ("object", "opaque as text")],
+        "test_records_then_fails": [("before", "failing"), ("appended", "[1, 2]")],
+    }
