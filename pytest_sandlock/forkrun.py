@@ -125,6 +125,14 @@ class Runner:
             self._writable = tuple(dict.fromkeys(os.path.realpath(p) for p in paths))
         return self._writable
 
+    def writable_root_of(self, path: str) -> Optional[str]:
+        """The always-writable directory (system temp dir, basetemp) that contains ``path``, if any."""
+        real = os.path.realpath(path)
+        for root in self.extra_writable():
+            if real == root or real.startswith(root.rstrip(os.sep) + os.sep):
+                return root
+        return None
+
     def temp_roots(self) -> tuple[str, ...]:
         """Where writes are not worth listing in the audit summary."""
         return (*self.extra_writable(), *_DEVICES)

@@ -61,6 +61,13 @@ class SandlockSession:
         lines = [str(self.capabilities().summary()), f"sandlock mode: {self.settings.mode}"]
         if self.settings.debugging:
             lines.append("sandlock: --pdb/--trace given: sandboxed tests run WITHOUT the sandbox")
+        inside = self.runner.writable_root_of(str(config.rootpath))
+        if inside is not None:
+            # Landlock only adds access: a read-only tree inside a writable one cannot be carved out.
+            lines.append(
+                f"sandlock: WARNING: the rootdir is inside {inside}, which sandboxed tests may write: "
+                "writes into the source tree cannot be denied (move the checkout, or TMPDIR)"
+            )
         return lines
 
     @pytest.hookimpl(tryfirst=True)

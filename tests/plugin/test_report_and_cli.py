@@ -239,6 +239,27 @@ def test_header_and_disable(pytester):
     assert "sandlock mode" not in result.stdout.str()
 
 
+def test_header_warns_when_the_source_tree_is_writable(pytester):
+    """A checkout inside the system temp dir (always writable for sandboxed tests) cannot be made
+    read-only: Landlock only adds access. The header says so instead of letting a strict run
+    claim what it cannot check (trio's suite, unpacked under /tmp, wrote its mypy cache there)."""
+    import shutil
+    import tempfile
+
+    pytester.makepyfile(test_inner="def test_x():\n    pass\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")  # pytester's dir is under /tmp
+    result.stdout.fnmatch_lines(
+        ["sandlock: WARNING: the rootdir is inside *, which sandboxed tests may write: writes into*"]
+    )
+    outside = tempfile.mkdtemp(prefix="sandlock-rootdir-", dir="/var/tmp")
+    try:  # control: a rootdir outside every writable path
+        result = pytester.runpytest_subprocess("-p", "no:cacheprovider", f"--rootdir={outside}")
+        result.assert_outcomes(passed=1)
+        result.stdout.no_fnmatch_line("*rootdir is inside*")
+    finally:
+        shutil.rmtree(outside, ignore_errors=True)
+
+
 def test_pdb_runs_sandboxed_tests_unconfined_with_a_message(pytester):
     pytester.makepyfile(
         test_inner="""
