@@ -142,6 +142,18 @@ def bind_unix_path(sock: int, path: str) -> int:
         os.close(dfd)
 
 
+def abstract_name_exists(name: bytes) -> bool:
+    """Whether a unix socket of this network namespace is bound to the abstract ``name`` (listed
+    in /proc/net/unix as '@' and the name, NULs shown as '@'). True when that cannot be read: the
+    caller then refuses as for a socket that exists."""
+    shown = b" @" + name.replace(b"\0", b"@")
+    try:
+        with open("/proc/net/unix", "rb") as fh:
+            return any(line.rstrip(b"\n").endswith(shown) for line in fh)
+    except OSError:
+        return True
+
+
 _LOOPBACK_V4 = ipaddress.IPv4Address("127.0.0.1")
 _LOOPBACK_V6 = ipaddress.IPv6Address("::1")
 _MAPPED_LOOPBACK = ipaddress.IPv6Address("::ffff:127.0.0.1")

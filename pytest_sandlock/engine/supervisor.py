@@ -113,8 +113,11 @@ def _opens_for_writing(name: str, args: tuple[int, ...]) -> bool:
     return index is not None and (args[index] & os.O_ACCMODE) in (os.O_WRONLY, os.O_RDWR)
 
 
-# Reason of a connect/send to a unix socket path that does not exist (outside the writable paths).
+# Reason of a connect/send to a unix socket path that does not exist (outside the writable paths),
+# and to an abstract name nobody has bound: the kernel refuses both before any permission check.
 ABSENT_UNIX_SOCKET = "no such unix socket"
+ABSENT_ABSTRACT_SOCKET = "no such abstract unix socket"
+_ABSENT_ERRNO = {ABSENT_UNIX_SOCKET: errno.ENOENT, ABSENT_ABSTRACT_SOCKET: errno.ECONNREFUSED}
 OUTSIDE_WRITABLE = "outside the writable paths"
 
 # Path calls that create their (last) target and fail with EEXIST when it exists already.
@@ -493,10 +496,11 @@ class Supervisor:
     # ------------------------------------------------------------------ verdicts
     def _decide(self, event: SyscallEvent, static_ok: bool, reason: str) -> tuple[bool, int, SyscallEvent]:
         """Combine the static decision and the callback into (allowed, errno, event to record)."""
-        if not static_ok and reason == ABSENT_UNIX_SOCKET:
+        if not static_ok and reason in _ABSENT_ERRNO:
             # Nothing to reach: fail as the kernel would, and record no denial. glibc probes nscd's
-            # socket on every name or user lookup; a strict test must not fail for that.
-            return False, errno.ENOENT, _with(event, reason=reason)
+            # socket on every name or user lookup, X11 and D-Bus clients an abstract name first; a
+            # strict test must not fail for that.
+            return False, _ABSENT_ERRNO[reason], _with(event, reason=reason)
         if not static_ok:
             if self.audit:
                 return True, 0, _with(event, reason=f"audit: would be denied ({reason})")
@@ -542,6 +546,8 @@ class Supervisor:
             if addr.abstract is not None:
                 if addr.abstract in self._abstract_bound:
                     return True, "", "unix"
+                if not netops.abstract_name_exists(addr.abstract):
+                    return False, ABSENT_ABSTRACT_SOCKET, "unix"
                 return False, "abstract unix socket not created in this sandbox", "unix"
             return self._unix_path_ok(pid, addr.unix_path) + ("unix",)
         if addr.family in (socket.AF_UNSPEC, socket.AF_NETLINK):

@@ -49,6 +49,21 @@ def test_abstract_socket_created_outside_is_unreachable(outside: Outside) -> Non
 
 
 @pytest.mark.sandbox(net=LOCAL)
+def test_an_abstract_name_nobody_bound_is_refused_by_the_kernel(sandlock_policy) -> None:  # type: ignore[no-untyped-def]
+    """Nothing listens there: ECONNREFUSED, as without a sandbox, and no denial (X11 and D-Bus
+    clients try an abstract name first; anyio's test_cannot_connect expects the refusal). The
+    control is the test above: a name bound outside is a denial (EACCES)."""
+    name = b"sandlock-nobody-" + os.urandom(8).hex().encode()
+    assert abstract_attempts(name, name + b"-dgram") == {
+        "connect": errno.ECONNREFUSED,
+        "sendto": errno.ECONNREFUSED,
+        "sendmsg": errno.ECONNREFUSED,
+    }
+    events = [e for e in sandlock_policy.events if (e.unix_path or "").startswith("@sandlock-nobody-")]
+    assert len(events) == 3 and not any(e.denied for e in events)
+
+
+@pytest.mark.sandbox(net=LOCAL)
 def test_abstract_socket_bound_inside_is_reachable() -> None:
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(b"\0sandlock-security-own-" + str(os.getpid()).encode())
