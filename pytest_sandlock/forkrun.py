@@ -622,6 +622,8 @@ def _child_main(
     first_mark = own_markers[0] if own_markers else None
     properties = item.user_properties
     properties_before = len(properties)
+    sections = item._report_sections  # add_report_section: shown with the test's report
+    sections_before = len(sections)
     call = pytest.CallInfo.from_call(runtest, when="call", reraise=None)
     recorded = [w for w in recorder[already:] if isinstance(w, warnings.WarningMessage)]
     for stream in (sys.stdout, sys.stderr):
@@ -640,6 +642,7 @@ def _child_main(
     log = stream.getvalue() if stream is not None else ""
     marks_added = len(own_markers) != marks_before
     properties_added = len(properties) != properties_before
+    sections_added = len(sections) != sections_before
     if call.excinfo is None and not (
         coverage_problems
         or recorded
@@ -648,6 +651,7 @@ def _child_main(
         or any(captured.values())
         or marks_added
         or properties_added
+        or sections_added
     ):
         return None  # a quiet pass, the common case: nothing to carry back (see run_call)
     out: dict[str, Any] = {"exception": None, "internal": coverage_problems}
@@ -655,6 +659,9 @@ def _child_main(
     if marks_added:
         out["marks"] = _added_marks(item.nodeid, own_markers, marks_before, first_mark, out["internal"])
     out["user_properties"] = [_portable_property(p) for p in properties[properties_before:]]
+    out["report_sections"] = [
+        tuple(_safe_str(part) for part in entry) for entry in sections[sections_before:]
+    ]
     if call.excinfo is not None:
         exc = call.excinfo.value
         report = pytest.TestReport.from_item_and_call(item, call)
@@ -695,6 +702,7 @@ def _quiet_pass() -> dict[str, Any]:
         "warnings": [],
         "marks": [],
         "user_properties": [],
+        "report_sections": [],
     }
 
 
@@ -855,9 +863,10 @@ def _try_unpickle(data: Optional[bytes], default: Any = None) -> Any:
 
 
 def _apply_item_changes(item: pytest.Item, out: dict[str, Any]) -> None:
-    """Apply to the pytest process's item the marks and ``user_properties`` the test added to its
-    copy in the child, before the outcome is raised: pytest's skipping plugin re-evaluates xfail
-    marks after the call, and the report (junitxml) copies ``user_properties``.
+    """Apply to the pytest process's item the marks, ``user_properties`` and report sections the
+    test added to its copy in the child, before the outcome is raised: pytest's skipping plugin
+    re-evaluates xfail marks after the call, and the report copies ``user_properties`` (junitxml)
+    and the sections (shown with a failure, or with -rA).
 
     Mark arguments are restored with the same unpickler as exceptions (builtin data, exception
     classes such as xfail's ``raises``): a mark holding anything else is reported, not applied.
@@ -897,6 +906,9 @@ def _apply_item_changes(item: pytest.Item, out: dict[str, Any]) -> None:
             text = prop.get("text")
             restored = tuple(text) if isinstance(text, (list, tuple)) else text
         item.user_properties.append(restored)
+    for entry in out.get("report_sections", ()):
+        if isinstance(entry, (list, tuple)) and len(entry) == 3 and all(isinstance(p, str) for p in entry):
+            item.add_report_section(*entry)
 
 
 def _rebuild_exception(config: pytest.Config, info: dict[str, Any]) -> tuple[BaseException, Any]:
@@ -984,7 +996,7 @@ def run_call(item: pytest.Item, runtest: Callable[[], None], spec: SandboxSpec, 
     if out is None:
         _fail((problem or "sandlock: no outcome") + strict.format_denials(record.events))
         return
-    if out.get("marks") or out.get("user_properties"):
+    if out.get("marks") or out.get("user_properties") or out.get("report_sections"):
         _apply_item_changes(item, out)
     _deliver_outputs(item.config, out)
     info = out["exception"]

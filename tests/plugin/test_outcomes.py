@@ -544,3 +544,27 @@ def test_recorded_properties_reach_junitxml(pytester, mode):
         "test_records": [("answer", "42"), ("object", "opaque as text")],
         "test_records_then_fails": [("before", "failing"), ("appended", "[1, 2]")],
     }
+
+
+REPORT_SECTIONS = """
+import pytest
+
+@pytest.mark.sandbox
+def test_adds_a_section_and_fails(request):
+    request.node.add_report_section("call", "custom", "made in the child")
+    assert False
+
+@pytest.mark.sandbox
+def test_adds_a_section_and_passes(request):
+    request.node.add_report_section("call", "other", "shown with -rA")
+"""
+
+
+def test_report_sections_added_during_the_call_are_shown(pytester) -> None:
+    """item.add_report_section in the sandbox reaches the pytest process's report (a plugin or a
+    test adding its own section, as the capture plugins do), as without the sandbox."""
+    pytester.makepyfile(test_inner=REPORT_SECTIONS)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rA")
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(["*- Captured custom call -*", "made in the child"])
+    result.stdout.fnmatch_lines(["*- Captured other call -*", "shown with -rA"])
