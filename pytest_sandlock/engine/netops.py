@@ -175,6 +175,33 @@ def reached_host(host: IPAddress) -> IPAddress:
     return host
 
 
+_IP_FREEBIND = 15
+_IPV6_FREEBIND = 78
+
+
+def nonlocal_bind_errno(sock: int, addr: SockAddr) -> int:
+    """EADDRNOTAVAIL when the kernel would refuse to bind ``sock`` to ``addr`` because no interface
+    has that address (checked with a throwaway socket on port 0), else 0. Not when the socket may
+    bind a non-local address anyway (IP_FREEBIND, the ip_nonlocal_bind sysctls): then 0."""
+    assert addr.host is not None
+    family = socket.AF_INET if addr.host.version == 4 else socket.AF_INET6
+    try:
+        level, option = (
+            (socket.IPPROTO_IP, _IP_FREEBIND) if family == socket.AF_INET else (41, _IPV6_FREEBIND)
+        )
+        if getsockopt_int(sock, level, option):
+            return 0
+        for sysctl in ("/proc/sys/net/ipv4/ip_nonlocal_bind", "/proc/sys/net/ipv6/ip_nonlocal_bind"):
+            with open(sysctl, "rb") as fh:
+                if fh.read().strip() != b"0":
+                    return 0
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.bind((str(addr.host), 0))
+    except OSError as exc:
+        return errno.EADDRNOTAVAIL if exc.errno == errno.EADDRNOTAVAIL else 0
+    return 0
+
+
 def bind_allowed(ctx: PolicyContext, pid: int, protocol: str, addr: SockAddr) -> tuple[bool, str]:
     """A bind is allowed on an address the policy lets the test reach (wildcards count as loopback)."""
     assert addr.host is not None and addr.port is not None

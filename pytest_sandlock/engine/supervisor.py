@@ -745,6 +745,11 @@ class Supervisor:
                 ok = self.ctx.policy.net is None
                 reason = "" if ok else f"address family {addr.family} not allowed"
             event = self._net_event(notif, "bind", addr, protocol)
+            if not ok and addr.is_ip and netops.nonlocal_bind_errno(sock, addr):
+                # No interface has that address: the kernel refuses it whatever the policy says.
+                self.events.append(_with(event, errno=errno.EADDRNOTAVAIL, reason="no such local address"))
+                self.listener.fail(notif.id, errno.EADDRNOTAVAIL)
+                return
             allowed, err, event = self._decide(event, ok, reason)
             self.events.append(event)
             if not allowed:

@@ -33,6 +33,7 @@ from pytest_sandlock.engine.policy import Policy, SyscallCategory
 from pytest_sandlock.engine.sandbox import Sandbox
 
 LOCAL = ["127.0.0.1"]
+NOT_LOCAL = "203.0.113.7"  # TEST-NET-3: only bound to, never sent to
 IP1 = ipaddress.ip_address(INSIDE)
 IP2 = ipaddress.ip_address(OUTSIDE)
 
@@ -590,6 +591,20 @@ def test_tcp_bind_follows_the_net_rules() -> None:
     result = box.call(body, OUTSIDE)
     assert result.value == errno.EACCES
     assert only(result.events, syscall="bind").host == IP2
+    # An address no interface has (TEST-NET-3): the kernel's EADDRNOTAVAIL, no denial (urllib3's
+    # source_address tests expect that error). The OUTSIDE bind above, a local address, is the control.
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.bind((NOT_LOCAL, 0))
+        pytest.skip(f"{NOT_LOCAL} is an address of this machine")
+    except OSError as exc:
+        assert exc.errno == errno.EADDRNOTAVAIL
+    finally:
+        probe.close()
+    missing = box.call(body, NOT_LOCAL)
+    assert missing.value == errno.EADDRNOTAVAIL
+    assert missing.denials == []
+    assert only(missing.events, syscall="bind").errno == errno.EADDRNOTAVAIL
 
 
 # --------------------------------------------------------------------------------------------- processes
