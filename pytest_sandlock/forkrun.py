@@ -625,6 +625,13 @@ def _child_main(
     sections = item._report_sections  # add_report_section: shown with the test's report
     sections_before = len(sections)
     call = pytest.CallInfo.from_call(runtest, when="call", reraise=None)
+    # A unittest.TestCase's runtest raises nothing: unittest hands failures, errors, skips and
+    # expected failures to the item (addFailure & co.), which keeps them in _excinfo for pytest's
+    # makereport to pop. That happens in the pytest process, on its own copy of the item: take
+    # the outcome here, as pytest's unittest plugin would, so that it crosses back.
+    recorded_outcomes = getattr(item, "_excinfo", None)
+    if recorded_outcomes:
+        call.excinfo = recorded_outcomes.pop(0)
     recorded = [w for w in recorder[already:] if isinstance(w, warnings.WarningMessage)]
     for stream in (sys.stdout, sys.stderr):
         try:

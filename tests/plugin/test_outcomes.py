@@ -568,3 +568,58 @@ def test_report_sections_added_during_the_call_are_shown(pytester) -> None:
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(["*- Captured custom call -*", "made in the child"])
     result.stdout.fnmatch_lines(["*- Captured other call -*", "shown with -rA"])
+
+
+UNITTEST_OUTCOMES = """
+import unittest
+
+
+class Outcomes(unittest.TestCase):
+    def test_fail(self):
+        self.assertEqual(1, 2)
+
+    def test_error(self):
+        raise RuntimeError("boom")
+
+    def test_skiptest(self):
+        self.skipTest("skipped at run time")
+
+    @unittest.skip("decorator skip")
+    def test_skip_decorator(self):
+        pass
+
+    @unittest.expectedFailure
+    def test_expected_failure(self):
+        self.assertEqual(1, 2)
+
+    @unittest.expectedFailure
+    def test_unexpected_success(self):
+        pass
+
+    def test_pass(self):
+        pass
+
+
+class AsyncOutcomes(unittest.IsolatedAsyncioTestCase):
+    async def test_async_fail(self):
+        self.assertTrue(False, "async failure")
+"""
+
+
+@pytest.mark.parametrize("mode", [("-p", "no:sandlock"), ("--sandlock-strict",)], ids=["control", "strict"])
+def test_unittest_outcomes_cross_back(pytester, mode) -> None:
+    """unittest hands its outcomes to the item (addFailure, addSkip...) instead of raising them:
+    a sandboxed TestCase that failed used to pass (found running websockets' suite)."""
+    pytester.makepyfile(test_inner=UNITTEST_OUTCOMES)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rA", *mode)
+    result.assert_outcomes(failed=4, passed=1, skipped=2, xfailed=1)
+    result.stdout.fnmatch_lines_random(
+        [
+            "FAILED test_inner.py::Outcomes::test_fail - AssertionError: 1 != 2",
+            "FAILED test_inner.py::Outcomes::test_error - RuntimeError: boom",
+            "FAILED test_inner.py::Outcomes::test_unexpected_success*",
+            "FAILED test_inner.py::AsyncOutcomes::test_async_fail*",
+            "SKIPPED * skipped at run time",
+            "XFAIL test_inner.py::Outcomes::test_expected_failure",
+        ]
+    )
