@@ -589,6 +589,53 @@ class _ChildPrep:
         )
 
 
+# In a sandboxed child, while the test's call runs: (nodeid, reports logged for it, config). Subtests
+# (pytest's subtests fixture, unittest's subTest) log a report of their own during the call, i.e.
+# in the child: they are carried back and logged again in the pytest process.
+_child_reports: Optional[tuple[str, list[Any], pytest.Config]] = None
+
+
+def record_child_report(report: pytest.TestReport) -> None:
+    """pytest_runtest_logreport, called first: keeps a report the running test logs in the child.
+    A no-op in the pytest process."""
+    recording = _child_reports
+    if recording is None or report.nodeid != recording[0] or report.when != "call":
+        return
+    nodeid, reports, config = recording
+    if not reports:
+        # The other implementations run in this child after this one: its terminal reporter would
+        # print the report in the middle of the progress line, and an xdist worker's would send it
+        # down a channel whose descriptors the child has closed. The pytest process does both
+        # once the report is back. (Private attributes: best effort.)
+        writer = getattr(config.pluginmanager.get_plugin("terminalreporter"), "_tw", None)
+        if writer is not None and hasattr(writer, "_file"):
+            writer._file = io.StringIO()
+        for plugin in config.pluginmanager.get_plugins():
+            if type(plugin).__name__ == "WorkerInteractor" and hasattr(plugin, "channel"):
+                plugin.channel = _NullChannel()
+    reports.append(report)
+
+
+class _NullChannel:
+    """Stands in for an xdist worker's channel in a sandboxed child (see record_child_report)."""
+
+    def send(self, item: object) -> None:
+        pass
+
+
+def _failed_subtests_key() -> Any:
+    """pytest's count of a test's failed subtests (pytest 9+), which fails a test that passed but
+    has failed subtests; None before pytest 9."""
+    try:
+        from _pytest.subtests import failed_subtests_key
+    except ImportError:
+        return None
+    return failed_subtests_key
+
+
+_FAILED_SUBTESTS_KEY = _failed_subtests_key()  # looked up once, not in every child
+
+
 def _child_main(
     item: pytest.Item,
     runtest: Callable[[], None],
@@ -624,7 +671,14 @@ def _child_main(
     properties_before = len(properties)
     sections = item._report_sections  # add_report_section: shown with the test's report
     sections_before = len(sections)
+    global _child_reports
+    sub_reports: list[Any] = []
+    failed_counts = config.stash[_FAILED_SUBTESTS_KEY] if _FAILED_SUBTESTS_KEY is not None else None
+    failed_before = failed_counts[item.nodeid] if failed_counts is not None else 0
+    _child_reports = (item.nodeid, sub_reports, config)
     call = pytest.CallInfo.from_call(runtest, when="call", reraise=None)
+    _child_reports = None
+    failed_subtests = failed_counts[item.nodeid] - failed_before if failed_counts is not None else 0
     # A unittest.TestCase's runtest raises nothing: unittest hands failures, errors, skips and
     # expected failures to the item (addFailure & co.), which keeps them in _excinfo for pytest's
     # makereport to pop. That happens in the pytest process, on its own copy of the item: take
@@ -659,6 +713,8 @@ def _child_main(
         or marks_added
         or properties_added
         or sections_added
+        or sub_reports
+        or failed_subtests
     ):
         return None  # a quiet pass, the common case: nothing to carry back (see run_call)
     out: dict[str, Any] = {"exception": None, "internal": coverage_problems}
@@ -669,6 +725,10 @@ def _child_main(
     out["report_sections"] = [
         tuple(_safe_str(part) for part in entry) for entry in sections[sections_before:]
     ]
+    out["sub_reports"] = [
+        config.hook.pytest_report_to_serializable(config=config, report=report) for report in sub_reports
+    ]
+    out["failed_subtests"] = failed_subtests
     if call.excinfo is not None:
         exc = call.excinfo.value
         report = pytest.TestReport.from_item_and_call(item, call)
@@ -710,6 +770,8 @@ def _quiet_pass() -> dict[str, Any]:
         "marks": [],
         "user_properties": [],
         "report_sections": [],
+        "sub_reports": [],
+        "failed_subtests": 0,
     }
 
 
@@ -916,6 +978,20 @@ def _apply_item_changes(item: pytest.Item, out: dict[str, Any]) -> None:
     for entry in out.get("report_sections", ()):
         if isinstance(entry, (list, tuple)) and len(entry) == 3 and all(isinstance(p, str) for p in entry):
             item.add_report_section(*entry)
+    config = item.config
+    capture = config.pluginmanager.getplugin("capturemanager")
+    for data in out.get("sub_reports", ()):
+        # Plain data (the result unpickler admits nothing else); the hook rebuilds a report from it.
+        report = config.hook.pytest_report_from_serializable(config=config, data=data)
+        if report is None:
+            continue
+        # Outside the test's capture, as pytest logs a subtest's report (else its progress
+        # letter would land in the test's captured output).
+        with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
+            item.ihook.pytest_runtest_logreport(report=report)
+    failed = out.get("failed_subtests", 0)
+    if isinstance(failed, int) and failed > 0 and _FAILED_SUBTESTS_KEY is not None:
+        config.stash[_FAILED_SUBTESTS_KEY][item.nodeid] += failed
 
 
 def _rebuild_exception(config: pytest.Config, info: dict[str, Any]) -> tuple[BaseException, Any]:
@@ -1003,7 +1079,10 @@ def run_call(item: pytest.Item, runtest: Callable[[], None], spec: SandboxSpec, 
     if out is None:
         _fail((problem or "sandlock: no outcome") + strict.format_denials(record.events))
         return
-    if out.get("marks") or out.get("user_properties") or out.get("report_sections"):
+    if any(
+        out.get(key)
+        for key in ("marks", "user_properties", "report_sections", "sub_reports", "failed_subtests")
+    ):
         _apply_item_changes(item, out)
     _deliver_outputs(item.config, out)
     info = out["exception"]

@@ -39,6 +39,11 @@ def _capabilities() -> Any:
     return probe()
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    forkrun.record_child_report(report)  # a subtest's report, in a sandboxed child; else nothing
+
+
 class SandlockSession:
     """The per-session part of the plugin: collection, the call phase, reports, summary."""
 

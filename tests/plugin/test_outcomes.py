@@ -623,3 +623,45 @@ def test_unittest_outcomes_cross_back(pytester, mode) -> None:
             "XFAIL test_inner.py::Outcomes::test_expected_failure",
         ]
     )
+
+
+SUBTESTS = """
+import unittest
+
+
+def test_fixture_subtests(subtests):
+    for i in range(3):
+        with subtests.test(i=i):
+            assert i != 1
+
+
+class Sub(unittest.TestCase):
+    def test_subtests(self):
+        for i in range(3):
+            with self.subTest(i=i):
+                self.assertNotEqual(i, 2)
+"""
+
+
+@pytest.mark.parametrize(
+    "mode",
+    [("-p", "no:sandlock"), ("--sandlock-strict",), ("--sandlock-strict", "-n", "2")],
+    ids=["control", "strict", "strict-xdist"],
+)
+def test_subtest_reports_cross_back(pytester, mode) -> None:
+    """Subtests log their own reports during the call, i.e. in the sandboxed child: they are
+    carried back and logged in the pytest process, and a test with a failed subtest fails as
+    without the sandbox (it used to pass, its subtests unseen: found running websockets' suite)."""
+    if not hasattr(pytest, "Subtests"):
+        pytest.skip("pytest < 9 has no subtests of its own")
+    pytester.makepyfile(test_inner=SUBTESTS)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-rA", *mode)
+    result.stdout.fnmatch_lines_random(
+        [
+            "SUBFAILED(i=1) test_inner.py::test_fixture_subtests - assert 1 != 1",
+            "FAILED test_inner.py::test_fixture_subtests - contains 1 failed subtest",
+            "SUBFAILED(i=2) test_inner.py::Sub::test_subtests - AssertionError: 2 == 2",
+            "*3 failed, 1 passed*",
+        ]
+    )
+    assert result.ret == 1
