@@ -28,6 +28,7 @@ Compatibility with other plugins lives here too:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import os
 import pickle
@@ -613,7 +614,76 @@ def record_child_report(report: pytest.TestReport) -> None:
         for plugin in config.pluginmanager.get_plugins():
             if type(plugin).__name__ == "WorkerInteractor" and hasattr(plugin, "channel"):
                 plugin.channel = _NullChannel()
+    _with_shown_parameters(report)  # before the other implementations serialize it
     reports.append(report)
+
+
+def _with_shown_parameters(report: Any) -> None:
+    """A subtest's parameters (``subtests.test(**kwargs)``, ``self.subTest(**params)``) can be
+    anything, which pytest's own serialization deep-copies (an xdist worker's too) and pickle or the
+    pytest process's unpickler would refuse: those that are not builtin scalars are replaced, in
+    this child's report, by stand-ins that show as they did."""
+    context = getattr(report, "context", None)
+    kwargs = getattr(context, "kwargs", None)
+    if isinstance(kwargs, dict) and dataclasses.is_dataclass(context) and not isinstance(context, type):
+        shown = {
+            key: value
+            if value is None or isinstance(value, (str, int, float, bool))
+            else _Shown(_safe_repr(value))
+            for key, value in kwargs.items()
+        }
+        report.context = dataclasses.replace(context, kwargs=shown)
+
+
+def _serialized_sub_report(config: pytest.Config, report: Any) -> Any:
+    """A subtest's report as plain data (see _with_shown_parameters, applied when it was logged)."""
+    return _plain_data(config.hook.pytest_report_to_serializable(config=config, report=report))
+
+
+def _safe_repr(value: Any) -> str:
+    try:
+        return repr(value)
+    except Exception:  # noqa: BLE001 - a repr that raises
+        return f"<{type(value).__name__}>"
+
+
+def _plain_data(value: Any, depth: int = 0) -> Any:
+    """``value`` with anything but builtin data replaced by its repr: a serialized report carries
+    the subtest's parameters as they are (a memoryview, an exception), which neither pickle nor the
+    pytest process's restricted unpickler would take."""
+    if value is None or isinstance(value, (str, int, float, bool)):
+        return value
+    if depth < 20 and isinstance(value, dict):
+        return {str(k): _plain_data(v, depth + 1) for k, v in value.items()}
+    if depth < 20 and isinstance(value, (list, tuple)):
+        return [_plain_data(v, depth + 1) for v in value]
+    return {_REPR_KEY: _safe_repr(value)}
+
+
+_REPR_KEY = "__sandlock_repr__"
+
+
+class _Shown:
+    """In the child, what stands for a subtest parameter that could not cross back: it shows as the
+    original did, and serializes as its repr."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def _unplain_data(value: Any) -> Any:
+    """``_plain_data``'s stand-ins, back as the originals' reprs (plain strings: an xdist worker
+    sends the report on, and execnet serializes builtin types only)."""
+    if isinstance(value, dict):
+        if len(value) == 1 and isinstance(value.get(_REPR_KEY), str):
+            return value[_REPR_KEY]
+        return {k: _unplain_data(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unplain_data(v) for v in value]
+    return value
 
 
 class _NullChannel:
@@ -725,9 +795,15 @@ def _child_main(
     out["report_sections"] = [
         tuple(_safe_str(part) for part in entry) for entry in sections[sections_before:]
     ]
-    out["sub_reports"] = [
-        config.hook.pytest_report_to_serializable(config=config, report=report) for report in sub_reports
-    ]
+    out["sub_reports"] = []
+    for report in sub_reports:
+        try:
+            out["sub_reports"].append(_serialized_sub_report(config, report))
+        except Exception as problem:  # noqa: BLE001 - said, and a failed one still fails the test
+            out["internal"].append(
+                f"a subtest report could not cross back: {type(problem).__name__}: {problem}"
+            )
+            failed_subtests += bool(report.failed)
     out["failed_subtests"] = failed_subtests
     if call.excinfo is not None:
         exc = call.excinfo.value
@@ -982,7 +1058,16 @@ def _apply_item_changes(item: pytest.Item, out: dict[str, Any]) -> None:
     capture = config.pluginmanager.getplugin("capturemanager")
     for data in out.get("sub_reports", ()):
         # Plain data (the result unpickler admits nothing else); the hook rebuilds a report from it.
-        report = config.hook.pytest_report_from_serializable(config=config, data=data)
+        try:
+            report = config.hook.pytest_report_from_serializable(config=config, data=_unplain_data(data))
+        except Exception as exc:  # noqa: BLE001 - the child's data: say so, do not lose the test
+            warnings.warn(
+                pytest.PytestWarning(
+                    f"sandlock: a subtest report of {item.nodeid} could not be rebuilt: {exc}"
+                ),
+                stacklevel=1,
+            )
+            continue
         if report is None:
             continue
         # Outside the test's capture, as pytest logs a subtest's report (else its progress
