@@ -744,11 +744,11 @@ def _child_main(
     global _child_reports
     sub_reports: list[Any] = []
     failed_counts = config.stash[_FAILED_SUBTESTS_KEY] if _FAILED_SUBTESTS_KEY is not None else None
-    failed_before = failed_counts[item.nodeid] if failed_counts is not None else 0
+    failed_before = failed_counts.get(item.nodeid, 0) if failed_counts is not None else 0
     _child_reports = (item.nodeid, sub_reports, config)
     call = pytest.CallInfo.from_call(runtest, when="call", reraise=None)
     _child_reports = None
-    failed_subtests = failed_counts[item.nodeid] - failed_before if failed_counts is not None else 0
+    failed_subtests = failed_counts.get(item.nodeid, 0) - failed_before if failed_counts is not None else 0
     # A unittest.TestCase's runtest raises nothing: unittest hands failures, errors, skips and
     # expected failures to the item (addFailure & co.), which keeps them in _excinfo for pytest's
     # makereport to pop. That happens in the pytest process, on its own copy of the item: take
