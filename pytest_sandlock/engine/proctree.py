@@ -318,6 +318,20 @@ class ProcessTree:
         """Our children that belong to the sandbox but are not its root (orphans re-parented to us)."""
         return confined_children(self._own_filters, exclude=(self.root, *self._children_before))
 
+    def reap_adopted(self) -> None:
+        """Reap the adopted orphans that have exited. They are this process's children while it is
+        the subreaper; without a waitpid they would stay zombies, still seen by kill(pid, 0) and
+        /proc, until the end of the run (init reaps them at once without a sandbox)."""
+        try:
+            pids = self.adopted()
+        except TreeUnreadable as exc:  # the end of the run says so; reap what was found
+            pids = exc.found
+        for pid in pids:
+            try:
+                os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                pass
+
     def members(self, include_root: bool = True) -> list[int]:
         """The root (unless excluded), adopted orphans and all their descendants. TreeUnreadable,
         with every process found, when part of the tree could not be listed."""

@@ -55,6 +55,8 @@ POLICY_FN_TIMEOUT = 2.0
 FORK_SETTLE = 0.1  # a continued fork whose child has not appeared by then is no longer counted
 RETRY_DELAY = 0.005
 SIGNAL_CHECK_MS = 20
+# How often an idle supervisor reaps the orphans it adopted (see ProcessTree.reap_adopted).
+ORPHAN_REAP_MS = 100
 RESULT_HEADER = struct.Struct("=Q")  # Sandbox.call's result: length, then the payload
 
 
@@ -313,10 +315,13 @@ class Supervisor:
                 # A thread waiting on a deferred call cannot take signals (WAIT_KILLABLE_RECV):
                 # look for pending ones regularly and answer EINTR, as the kernel would.
                 timeout_ms = SIGNAL_CHECK_MS if timeout_ms is None else min(timeout_ms, SIGNAL_CHECK_MS)
+            timeout_ms = ORPHAN_REAP_MS if timeout_ms is None else min(timeout_ms, ORPHAN_REAP_MS)
             try:
                 ready = poller.poll(timeout_ms)
             except InterruptedError:
                 continue
+            if not ready:  # idle: reap the orphans that exited meanwhile
+                self.tree.reap_adopted()
             if len(ready) == 1 and ready[0] == (listener_fd, select.POLLIN) and not deferred:
                 # The hot path: one notification and nothing deferred before it.
                 self._receive_one()

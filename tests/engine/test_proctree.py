@@ -127,3 +127,27 @@ def test_children_of_a_live_process() -> None:
         for pid in proctree.descendants([parent.pid])[::-1]:
             os.kill(pid, 9)
         parent.wait()
+
+
+def _orphan_that_exits() -> list[object]:
+    """Inside the sandbox: a child starts a sleeper and exits, so the sleeper is adopted by the
+    supervising process (a subreaper); then the sleeper is killed. Without a sandbox init reaps
+    it at once; here it must not stay a zombie until the test ends."""
+    starter = "import subprocess as s; print(s.Popen(['sleep', '30'], stdout=s.DEVNULL).pid)"
+    out = subprocess.check_output([sys.executable, "-c", starter])
+    pid = int(out)
+    os.kill(pid, 9)
+    deadline = time.monotonic() + 5
+    while os.path.exists(f"/proc/{pid}") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return [pid, os.path.exists(f"/proc/{pid}")]
+
+
+def test_an_adopted_orphan_that_exits_is_reaped_during_the_test() -> None:
+    """Found running psutil's suite (test_zombie_process, test_wait_non_children hung)."""
+    from pytest_sandlock.engine.policy import Policy
+    from pytest_sandlock.engine.sandbox import Sandbox
+
+    result = Sandbox(Policy(net=["127.0.0.1"])).call(_orphan_that_exits)
+    pid, still_there = result.value
+    assert still_there is False, f"the orphan {pid} stayed a zombie of the supervising process"
