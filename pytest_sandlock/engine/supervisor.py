@@ -121,6 +121,8 @@ ABSENT_UNIX_SOCKET = "no such unix socket"
 ABSENT_ABSTRACT_SOCKET = "no such abstract unix socket"
 _ABSENT_ERRNO = {ABSENT_UNIX_SOCKET: errno.ENOENT, ABSENT_ABSTRACT_SOCKET: errno.ECONNREFUSED}
 OUTSIDE_WRITABLE = "outside the writable paths"
+# A write to a path the policy denies (fs_deny, or deny_path on the live policy), writable or not.
+UNDER_DENIED_PATH = "under a denied path"
 
 # Path calls that create their (last) target and fail with EEXIST when it exists already.
 _CREATES_EXCLUSIVE = frozenset(
@@ -1023,7 +1025,7 @@ class Supervisor:
             )
             failure = 0 if ok else self._refused_by_lookup(name, notif.args, targets, follow)
             if failure:  # what the kernel answered, before Landlock: not a denial
-                self.events.append(_lookup_event(event, failure))
+                self.events.append(_lookup_event(event, failure, reason))
             else:
                 self.events.append(self._decide(event, ok, reason)[2])
             return
@@ -1034,7 +1036,7 @@ class Supervisor:
         event = self._base_event(notif, name, SyscallCategory.FILE, path=shown)
         failure = 0 if ok else self._refused_by_lookup(name, notif.args, targets, follow)
         if failure:  # fail it as the kernel would (no race: the call does not run), record no denial
-            self.events.append(_lookup_event(event, failure))
+            self.events.append(_lookup_event(event, failure, reason))
             self.listener.fail(notif.id, failure)
             return
         allowed, err, event = self._decide(event, ok, reason)
@@ -1050,6 +1052,8 @@ class Supervisor:
                 real = _predict_real(target, follow)
             except OSError:
                 return False, PATH_RACE
+            if self.ctx.has_path_denials() and self.ctx.path_denied(real):
+                return False, UNDER_DENIED_PATH
             if not self._is_writable(real):
                 return False, OUTSIDE_WRITABLE
         return True, ""
@@ -1213,10 +1217,11 @@ def _readlink(path: str) -> Optional[str]:
         return None
 
 
-def _lookup_event(event: SyscallEvent, failure: int) -> SyscallEvent:
-    reason = (
-        f"{_LOOKUP_FAILURES[failure]}: the kernel refuses it before any permission check ({OUTSIDE_WRITABLE})"
-    )
+def _lookup_event(event: SyscallEvent, failure: int, refused_because: str) -> SyscallEvent:
+    """The event of a call the kernel's path walk fails anyway; ``refused_because`` is why the
+    policy would have refused it (outside the writable paths, under a denied path)."""
+    before = "the kernel refuses it before any permission check"
+    reason = f"{_LOOKUP_FAILURES[failure]}: {before} ({refused_because})"
     return _with(event, errno=failure, reason=reason)
 
 

@@ -314,14 +314,21 @@ def test_fs_deny_of_a_file_not_yet_created_is_enforced_by_the_supervisor(tmp_pat
     def body() -> dict[str, object]:
         return {
             "denied": write_file(str(future)),
+            "below, no parent": write_file(str(future / "x")),  # the kernel's path walk fails first
             "sibling": write_file(str(tmp_path / "other.txt")),  # positive control, same directory
         }
 
     result = box.call(body)
-    assert result.value == {"denied": errno.EACCES, "sibling": "written"}
+    assert result.value == {"denied": errno.EACCES, "below, no parent": errno.ENOENT, "sibling": "written"}
     assert not future.exists()
     event = only(result.denials, path=str(future))
-    assert event.errno == errno.EACCES
+    assert (event.errno, event.reason) == (errno.EACCES, "under a denied path")
+    # The reason names the rule that would have refused it, not the write ceiling (tmp_path is writable).
+    below = only(result.events, path=str(future / "x"))
+    assert (below.denied, below.errno) == (False, errno.ENOENT)
+    assert below.reason == (
+        "no such file or directory: the kernel refuses it before any permission check (under a denied path)"
+    )
 
 
 # --------------------------------------------------------------------------------------------- fs_read
