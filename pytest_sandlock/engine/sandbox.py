@@ -255,6 +255,7 @@ class Sandbox:
                 memory_base=launched.memory_base,
                 framed_result=framed_result,
                 landlock_enforced=conf.ruleset is not None and not conf.ruleset.notes,
+                landlock_ceiling=conf.ruleset is not None,
             )
             outcome = supervisor.run()
         except BaseException:

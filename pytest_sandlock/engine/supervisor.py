@@ -249,10 +249,14 @@ class Supervisor:
         memory_base: int = 0,
         framed_result: bool = False,
         landlock_enforced: bool = False,
+        landlock_ceiling: bool = False,
     ) -> None:
         self.listener = listener
         # A Landlock ruleset confines the tree and enforces every file rule it was given (no notes).
         self.landlock_enforced = landlock_enforced
+        # A Landlock ruleset confines the tree's writes to the writable paths, whether or not it
+        # could express every fs_deny path (those it could not are noted, and decided here).
+        self.landlock_ceiling = landlock_enforced or landlock_ceiling
         self.ctx = ctx
         self.tree = tree
         self.root_pid = root_pid
@@ -743,6 +747,8 @@ class Supervisor:
                 ok = real_parent is not None and self._is_writable(real_parent)
                 if real_parent is None:
                     reason = PATH_RACE
+                elif ok and self.ctx.has_path_denials() and self.ctx.path_denied(bind_path):
+                    ok, reason = False, UNDER_DENIED_PATH  # the socket file itself is denied
                 else:
                     reason = "" if ok else f"cannot create a unix socket in {parent}: not writable"
             elif addr.family in (socket.AF_UNIX, socket.AF_NETLINK, socket.AF_UNSPEC):
@@ -763,14 +769,17 @@ class Supervisor:
                 self.listener.fail(notif.id, err)
                 return
             if addr.family == socket.AF_UNIX and addr.unix_path:
-                if self.landlock_enforced or self.audit:
+                if self.landlock_ceiling or self.audit:
                     # The child binds it itself: a socket's name is the address bytes it was bound
                     # with, and the child's must be the name getsockname() and its peers see
                     # (uvicorn, multiprocessing.connection, asyncio pass it on). Where the socket
                     # file can be created, Landlock decides (its MAKE_SOCK right, within the
                     # writable paths), whatever the child's memory says by then; in audit mode
-                    # nothing is denied. Only without Landlock does the supervisor bind it, through
-                    # the directory it checked, and then the name is a /proc/self/fd path.
+                    # nothing is denied. A denied path inside the writable ones (a live deny_path,
+                    # an fs_deny Landlock could not express) is this check's alone, as for any
+                    # write-open that the supervisor decides first. Only without Landlock does the
+                    # supervisor bind it, through the directory it checked, and then the name is
+                    # a /proc/self/fd path.
                     self.listener.continue_(notif.id)
                     return
                 result = netops.bind_unix_path(sock, bind_path)

@@ -12,6 +12,7 @@ import ipaddress
 import os
 import select
 import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -539,10 +540,13 @@ def test_the_unspecified_address_is_loopback(tcp_inside) -> None:
     assert {str(e.host) for e in denied.denials} == {"0.0.0.0", "::"}
 
 
-def test_unix_bind_keeps_the_name_the_test_gave(tmp_path) -> None:
+@pytest.mark.parametrize("rules", ["landlock", "noted fs_deny"])
+def test_unix_bind_keeps_the_name_the_test_gave(tmp_path, rules: str) -> None:
     """A socket's name is the address it was bound with: getsockname() and its peers must see the
     test's own path (multiprocessing.connection, asyncio and uvicorn hand it on), never a path of
-    the supervisor's. Found by running anyio's and uvicorn's suites under --sandlock-strict."""
+    the supervisor's. Found by running anyio's and uvicorn's suites under --sandlock-strict. Also
+    when the ruleset could not express an fs_deny path (one not created yet, noted and left to the
+    supervisor): Landlock still holds the write ceiling, so the child still binds itself."""
 
     def body(directory: str) -> list[object]:
         os.chdir(directory)
@@ -565,11 +569,49 @@ def test_unix_bind_keeps_the_name_the_test_gave(tmp_path) -> None:
         out += [data, peer, sender.recv(10)]
         return out
 
-    result = Sandbox(Policy(net=LOCAL)).call(body, str(tmp_path))
+    denied = tmp_path / "later" / "x.sock"
+    box = Sandbox(Policy(net=LOCAL, fs_deny=[denied] if rules == "noted fs_deny" else ()))
+    assert bool(box.notes) == (rules == "noted fs_deny")
+    result = box.call(body, str(tmp_path))
     abs_path, sender = str(tmp_path / "abs.sock"), str(tmp_path / "sender.sock")
     assert result.value == [abs_path, abs_path, "rel.sock", b"hi", sender, b"back"]
     binds = [e for e in result.events if e.syscall == "bind"]
     assert len(binds) == 3 and not any(e.denied for e in binds)
+    if rules == "noted fs_deny":  # control: the noted path is still refused, by the supervisor
+        (tmp_path / "later").mkdir()
+        refused = box.call(_bind_unix, str(denied))
+        assert refused.value == errno.EACCES and not denied.exists()
+        event = only(refused.events, syscall="bind")
+        assert (event.denied, event.reason) == (True, "under a denied path")
+
+
+def _bind_unix(path: str) -> object:
+    """Inside the sandbox: bind a unix socket to ``path``; its name, or the errno."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.bind(path)
+        return sock.getsockname()
+    except OSError as exc:
+        return exc.errno
+
+
+def test_unix_bind_without_landlock_is_done_by_the_supervisor(tmp_path, outside_dir) -> None:
+    """On a kernel without Landlock nothing would hold a bind the child made to the checked path
+    (a directory swapped for a symlink after the check), so the supervisor binds the socket itself,
+    through the directory it checked: the socket is where the test asked, and its name is the
+    supervisor's /proc/self/fd path (documented in SECURITY.md). Simulated here by dropping the
+    ruleset, as Sandbox does when the kernel has no Landlock; the control is the bind outside."""
+    box = Sandbox(Policy(net=LOCAL))
+    box.ruleset = None
+    inside = box.call(_bind_unix, str(tmp_path / "in.sock"))
+    assert isinstance(inside.value, str) and inside.value.startswith("/proc/self/fd/")
+    assert inside.value.endswith("/in.sock")
+    assert stat.S_ISSOCK((tmp_path / "in.sock").lstat().st_mode)
+    assert not only(inside.events, syscall="bind").denied
+    outside = box.call(_bind_unix, str(outside_dir / "out.sock"))
+    assert outside.value == errno.EACCES
+    assert not (outside_dir / "out.sock").exists()
+    assert only(outside.events, syscall="bind").denied
 
 
 # --------------------------------------------------------------------------------------------- bind
