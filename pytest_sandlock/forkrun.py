@@ -118,18 +118,29 @@ class Runner:
 
     def extra_writable(self) -> tuple[str, ...]:
         """Writable on top of the engine's own set (system temp dir, devices): pytest's basetemp."""
-        if self._writable is None:
-            paths = [tempfile.gettempdir()]
-            factory = getattr(self.config, "_tmp_path_factory", None)
+        if self._writable is not None:
+            return self._writable
+        paths = [tempfile.gettempdir()]
+        factory = getattr(self.config, "_tmp_path_factory", None)
+        try:
             if factory is not None:
                 paths.append(str(factory.getbasetemp()))
-            self._writable = tuple(dict.fromkeys(os.path.realpath(p) for p in paths))
+        except OSError:
+            # pytest cannot make its basetemp (a shared /tmp where pytest-of-<user> belongs to
+            # someone else, a file in the way of --basetemp): without the plugin only the tests
+            # asking for tmp_path fail, at their setup, and so they do with it. Asked again next
+            # time, in case it can be made by then.
+            return tuple(dict.fromkeys(os.path.realpath(p) for p in paths))
+        self._writable = tuple(dict.fromkeys(os.path.realpath(p) for p in paths))
         return self._writable
 
     def writable_root_of(self, path: str) -> Optional[str]:
-        """The always-writable directory (system temp dir, basetemp) that contains ``path``, if any."""
+        """The always-writable directory (system temp dir, basetemp) that contains ``path``, if any.
+        Nothing is created to answer (pytest makes its basetemp when a test first asks for it)."""
+        given = self.config.getoption("basetemp", None)
+        temp_root = os.environ.get("PYTEST_DEBUG_TEMPROOT") or tempfile.gettempdir()
         real = os.path.realpath(path)
-        for root in self.extra_writable():
+        for root in dict.fromkeys(os.path.realpath(p) for p in (tempfile.gettempdir(), given or temp_root)):
             if real == root or real.startswith(root.rstrip(os.sep) + os.sep):
                 return root
         return None

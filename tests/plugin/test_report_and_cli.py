@@ -275,3 +275,28 @@ def test_pdb_runs_sandboxed_tests_unconfined_with_a_message(pytester):
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--pdb", timeout=60)
     result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["sandlock: --pdb/--trace given: sandboxed tests run WITHOUT the sandbox"])
+
+
+def test_a_basetemp_pytest_cannot_make_fails_only_the_tests_that_need_it(pytester):
+    """When pytest cannot make its basetemp (a shared /tmp where pytest-of-<user> belongs to someone
+    else, a file in the way of --basetemp), only the tests asking for tmp_path fail, at their setup.
+    The plugin asked for the basetemp in its header and for every sandboxed test, and so ended the
+    session with an INTERNALERROR, or failed every test under --sandlock-strict (found running
+    tornado's suite as another user). The control is the same run without the plugin."""
+    pytester.makepyfile(
+        test_inner="""
+        def test_no_tmp_path():
+            pass
+
+        def test_tmp_path(tmp_path):
+            pass
+        """
+    )
+    in_the_way = pytester.path / "a-file"
+    in_the_way.write_text("")
+    basetemp = f"--basetemp={in_the_way / 'basetemp'}"
+    for plugin in (["-p", "no:sandlock"], [], ["--sandlock-strict"]):
+        result = pytester.runpytest_subprocess("-p", "no:cacheprovider", basetemp, *plugin)
+        result.assert_outcomes(passed=1, errors=1)
+        assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+        result.stdout.fnmatch_lines(["*ERROR at setup of test_tmp_path*"])
