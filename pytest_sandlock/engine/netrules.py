@@ -7,6 +7,12 @@ A rule is ``[tcp://|udp://]HOST[:PORTS]``:
 * PORTS is ``N``, ``N-M``, a comma-separated list of those, or ``*``; omitted means every port.
 * Without a scheme the rule covers both TCP and UDP.
 
+A rule ``unix:PATH`` or ``unix:@NAME`` lets the test reach a unix socket the sandbox would otherwise keep it
+from: one outside the writable paths (a database server's socket under ``/run``), or an abstract name bound
+outside the sandbox (by a fixture in the pytest process). ``PATH`` is absolute; ending in ``/`` it covers
+every socket below that directory. ``@NAME`` is one abstract name (a trailing ``*`` makes it a prefix).
+Unix sockets in the writable paths, and abstract names bound inside the sandbox, need no rule.
+
 Parsing is strict: every malformed rule raises :class:`PolicyError` quoting the rule, because a typo in a
 sandbox policy silently widening (or narrowing) access is worse than a failed test run.
 """
@@ -14,6 +20,7 @@ sandbox policy silently widening (or narrowing) access is worse than a failed te
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 import socket
 from dataclasses import dataclass
@@ -22,6 +29,8 @@ from typing import Iterable, Optional, Union
 from .errors import PolicyError
 
 __all__ = [
+    "UNIX_SCHEME",
+    "UnixRule",
     "IPAddress",
     "IPNetwork",
     "LOOPBACK_DEFAULT",
@@ -30,6 +39,7 @@ __all__ = [
     "normalize_ip",
     "normalize_network",
     "parse_net_rules",
+    "parse_unix_rules",
     "tcp_ports_of",
 ]
 
@@ -135,9 +145,69 @@ class NetRule:
         return self.source
 
 
+UNIX_SCHEME = "unix:"
+
+
+@dataclass(frozen=True)
+class UnixRule:
+    """One ``unix:`` rule: a socket path (or every socket below a directory), or an abstract name
+    (or every abstract name with a prefix). Paths are absolute and symlink-resolved, as the supervisor
+    compares them with the resolved path of each connect."""
+
+    path: Optional[str]
+    below: bool  # path: every socket below the directory; name: every name starting with it
+    abstract: Optional[bytes]
+    source: str
+
+    def matches_path(self, real: str) -> bool:
+        if self.path is None:
+            return False
+        if self.below:
+            return real.startswith(self.path.rstrip("/") + "/")
+        return real == self.path
+
+    def matches_abstract(self, name: bytes) -> bool:
+        if self.abstract is None:
+            return False
+        return name.startswith(self.abstract) if self.below else name == self.abstract
+
+    def __str__(self) -> str:
+        return self.source
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Parsing
 # ---------------------------------------------------------------------------------------------------------
+
+
+def _is_unix_rule(rule: object) -> bool:
+    return isinstance(rule, str) and rule.strip().startswith(UNIX_SCHEME)
+
+
+def parse_unix_rules(rules: Optional[Iterable[str]]) -> tuple[UnixRule, ...]:
+    """The ``unix:`` rules of the ``net`` argument (the others are :func:`parse_net_rules`'s)."""
+    if rules is None:
+        return ()
+    return tuple(parse_unix_rule(rule) for rule in rules if _is_unix_rule(rule))
+
+
+def parse_unix_rule(rule: str) -> UnixRule:
+    text = rule.strip()[len(UNIX_SCHEME) :]
+    if text.startswith("@"):
+        name = text[1:]
+        below = name.endswith("*")
+        name = name[:-1] if below else name
+        if not name or "*" in name or "\0" in name:
+            raise PolicyError(
+                f"net rule {rule!r}: an abstract name is unix:@NAME, or unix:@PREFIX* (not empty, one "
+                "trailing * at most)"
+            )
+        return UnixRule(None, below, name.encode("utf-8", "surrogateescape"), rule)
+    if not text.startswith("/") or "\0" in text:
+        raise PolicyError(f"net rule {rule!r}: a unix socket rule is unix:/ABSOLUTE/PATH or unix:@NAME")
+    below = text.endswith("/")
+    real = os.path.realpath(text)
+    return UnixRule(real, below or real == "/", None, rule)
 
 
 def parse_net_rules(rules: Optional[Iterable[str]]) -> Optional[tuple[NetRule, ...]]:
@@ -153,7 +223,8 @@ def parse_net_rules(rules: Optional[Iterable[str]]) -> Optional[tuple[NetRule, .
         raise PolicyError(f"net must be a list of rule strings, got {rules!r}") from None
     parsed: list[NetRule] = []
     for rule in items:
-        parsed.extend(parse_net_rule(rule))
+        if not _is_unix_rule(rule):  # unix: rules are parse_unix_rules'
+            parsed.extend(parse_net_rule(rule))
     return tuple(parsed)
 
 

@@ -27,9 +27,11 @@ from .netrules import (
     IPAddress,
     IPNetwork,
     NetRule,
+    UnixRule,
     normalize_ip,
     normalize_network,
     parse_net_rules,
+    parse_unix_rules,
     tcp_ports_of,
 )
 
@@ -43,6 +45,7 @@ __all__ = [
     "PolicyContext",
     "SyscallCategory",
     "SyscallEvent",
+    "UnixRule",
     "Verdict",
     "coerce_verdict",
     "normalize_ip",
@@ -402,6 +405,7 @@ class Policy:
 
     __slots__ = (
         "net",
+        "net_unix",
         "net_source",
         "fs_read",
         "fs_write",
@@ -413,6 +417,7 @@ class Policy:
     )
 
     net: Optional[tuple[NetRule, ...]]
+    net_unix: tuple[UnixRule, ...]
     net_source: Optional[tuple[str, ...]]
     _hash: int  # set on first hash (the policy is immutable)
     fs_read: Optional[tuple[str, ...]]
@@ -447,6 +452,7 @@ class Policy:
     def _set_net(self, net: object) -> None:
         source = _net_source(net)
         self._set("net", parse_net_rules(source))
+        self._set("net_unix", parse_unix_rules(source))
         self._set("net_source", source)
 
     def __setattr__(self, name: str, value: object) -> None:
@@ -456,7 +462,7 @@ class Policy:
         raise AttributeError("Policy is immutable")
 
     def _key(self) -> tuple[object, ...]:
-        return tuple(getattr(self, name) for name in _POLICY_FIELDS)
+        return (*(getattr(self, name) for name in _POLICY_FIELDS), self.net_unix)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Policy):
@@ -498,7 +504,7 @@ class Policy:
             raise TypeError(f"Policy.replace() got unexpected keyword argument(s): {sorted(unknown)}")
         new = Policy.__new__(Policy)
         # Unchanged fields are copied, not re-parsed: hostnames in net rules are not resolved again.
-        for name in (*_POLICY_FIELDS, "net_source"):
+        for name in (*_POLICY_FIELDS, "net_unix", "net_source"):
             object.__setattr__(new, name, getattr(self, name))
         if "net" in changes:
             new._set_net(changes.pop("net"))
@@ -514,6 +520,14 @@ class Policy:
             return True
         address = normalize_ip(ip)
         return any(rule.matches(protocol, address, port) for rule in self.net)
+
+    def allows_unix_path(self, real: str) -> bool:
+        """True if a ``unix:`` rule lets the test reach the socket at resolved path ``real``."""
+        return any(rule.matches_path(real) for rule in self.net_unix)
+
+    def allows_abstract(self, name: bytes) -> bool:
+        """True if a ``unix:@`` rule lets the test reach the abstract name ``name``."""
+        return any(rule.matches_abstract(name) for rule in self.net_unix)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-able summary for display."""

@@ -555,7 +555,9 @@ class Supervisor:
             return cached[0], cached[1], protocol
         if addr.family == socket.AF_UNIX:
             if addr.abstract is not None:
-                if addr.abstract in self._abstract_bound:
+                # Bound inside this sandbox, or named by a unix:@ rule. The supervisor connects
+                # (or sends) from the pytest process, outside the test's Landlock scope.
+                if addr.abstract in self._abstract_bound or self.ctx.policy.allows_abstract(addr.abstract):
                     return True, "", "unix"
                 if not netops.abstract_name_exists(addr.abstract):
                     return False, ABSENT_ABSTRACT_SOCKET, "unix"
@@ -575,7 +577,7 @@ class Supervisor:
         if real is None:
             return False, PATH_RACE
         self._unix_checked = {(pid, path): real}  # what _unix_target hands to netops: no 2nd realpath
-        if self._is_writable(real):
+        if self._unix_reachable(real):
             return True, ""
         if not os.path.lexists(real):
             return False, ABSENT_UNIX_SOCKET
@@ -666,7 +668,7 @@ class Supervisor:
             real = self._unix_checked.pop((pid, addr.unix_path), None)
             if real is None:
                 real = os.path.realpath(self._resolve(pid, AT_FDCWD, addr.unix_path))
-                if not self._is_writable(real):
+                if not self._unix_reachable(real):
                     raise PermissionError(errno.EACCES, f"unix socket {real} was not checked")
             return real
         return None
@@ -1090,6 +1092,15 @@ class Supervisor:
             return os.path.normpath(path)
         base = _readlink(f"/proc/{pid}/cwd" if dirfd == AT_FDCWD else f"/proc/{pid}/fd/{dirfd}") or "/"
         return os.path.normpath(os.path.join(base, path))
+
+    def _unix_reachable(self, real: str) -> bool:
+        """A unix socket file the test may connect or send to: in the writable paths, or named by a
+        unix: rule; never under a denied path."""
+        if self._is_writable(real):
+            return True
+        if not self.ctx.policy.allows_unix_path(real):
+            return False
+        return not (self.ctx.has_path_denials() and self.ctx.path_denied(real))
 
     def _is_writable(self, path: str) -> bool:
         if not path.startswith("/"):

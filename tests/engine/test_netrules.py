@@ -15,6 +15,7 @@ from pytest_sandlock.engine.netrules import (
     normalize_ip,
     normalize_network,
     parse_net_rules,
+    parse_unix_rules,
     tcp_ports_of,
 )
 
@@ -313,3 +314,34 @@ def test_tcp_ports_of_udp_only_any_port_is_ignored() -> None:
 def test_tcp_ports_of_no_network_and_unrestricted() -> None:
     assert tcp_ports_of(()) == frozenset()
     assert tcp_ports_of(None) is None
+
+
+# ---- unix: rules -----------------------------------------------------------------------------------------
+
+
+def test_unix_rules_parse_apart_from_the_ip_rules(tmp_path) -> None:
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "real", target_is_directory=True)
+    source = ["127.0.0.1", "unix:@name", "unix:@pre*", f"unix:{link}/db.sock", f"unix:{tmp_path}/dir/"]
+    assert parse_net_rules(source) == (one("127.0.0.1"),)  # the IP rules alone
+    name, prefix, path, below = parse_unix_rules(source)
+    assert (name.abstract, name.below, name.path) == (b"name", False, None)
+    assert name.matches_abstract(b"name") and not name.matches_abstract(b"name2")
+    assert prefix.matches_abstract(b"pre") and prefix.matches_abstract(b"prefix")
+    assert not prefix.matches_abstract(b"pr")
+    assert path.path == str(tmp_path / "real" / "db.sock")  # compared with resolved paths
+    assert path.matches_path(str(tmp_path / "real" / "db.sock")) and not path.matches_path(str(tmp_path))
+    assert below.matches_path(f"{tmp_path}/dir/a.sock") and below.matches_path(f"{tmp_path}/dir/x/b.sock")
+    assert not below.matches_path(f"{tmp_path}/dir") and not below.matches_path(f"{tmp_path}/dirt/a.sock")
+    assert [str(rule) for rule in (name, prefix)] == ["unix:@name", "unix:@pre*"]
+    assert parse_unix_rules(None) == () and parse_unix_rules(["127.0.0.1"]) == ()
+    assert tcp_ports_of(parse_net_rules(["unix:@name"])) == frozenset()  # no IP rule: no port
+
+
+@pytest.mark.parametrize(
+    "rule", ["unix:", "unix:relative.sock", "unix:@", "unix:@a*b", "unix:@*", "unix:/a\0b"]
+)
+def test_bad_unix_rules_are_errors_quoting_the_rule(rule: str) -> None:
+    with pytest.raises(PolicyError, match="net rule") as info:
+        parse_unix_rules([rule])
+    assert repr(rule) in str(info.value)

@@ -710,3 +710,17 @@ def test_path_changes_are_reported() -> None:
 
 def test_context_keeps_its_policy() -> None:
     assert PolicyContext(SEED_POLICY).policy is SEED_POLICY
+
+
+def test_unix_rules_are_part_of_the_policy() -> None:
+    """unix: rules live beside the IP rules: they make policies differ (the Sandbox and ruleset caches
+    are keyed by the policy), survive replace() and pickling, and leave the IP rules alone."""
+    a, b = Policy(net=["127.0.0.1", "unix:@a"]), Policy(net=["127.0.0.1", "unix:@b"])
+    assert a != b and a.net == b.net
+    assert a.allows_abstract(b"a") and not a.allows_abstract(b"b")
+    assert Policy(net=["unix:/run/x.sock"]).net == ()  # no IP rule: no IP network
+    assert Policy(net=["unix:/run/x.sock"]).allows_unix_path(os.path.realpath("/run/x.sock"))
+    assert a.replace(timeout=3).allows_abstract(b"a")
+    assert not a.replace(net=["127.0.0.1"]).allows_abstract(b"a")
+    assert pickle.loads(pickle.dumps(a)) == a
+    assert a.to_dict()["net"] == ["127.0.0.1", "unix:@a"]

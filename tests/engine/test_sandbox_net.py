@@ -820,3 +820,108 @@ def test_signal_interrupts_black_holed_connect(black_hole: int) -> None:
     except SandboxCrash as exc:
         pytest.fail(f"the alarm never interrupted the connect: {exc}")
     assert value[0] == "alarm" and value[1] < 1
+
+
+# --------------------------------------------------------------------------------------------- unix: rules
+
+
+def _to_unix_sockets(stream: str, dgram: str, other: str) -> dict[str, object]:
+    """Inside the sandbox: a stream connect+send, a datagram sendto, a connected datagram's send and a
+    stream connect to a socket no rule names; "done" or the errno."""
+
+    def stream_send(address: str, payload: bytes) -> None:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.connect(address)
+            sock.sendall(payload)
+
+    def connected_dgram() -> None:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.connect(dgram)
+            sock.send(b"connected")  # no address: the kernel checks the peer the connect set
+
+    return outcomes(
+        {
+            "stream": lambda: stream_send(stream, b"stream"),
+            "dgram": lambda: socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM).sendto(b"dgram", dgram),
+            "connected dgram": connected_dgram,
+            "other": lambda: stream_send(other, b"other"),
+        }
+    )
+
+
+class _UnixTargets:
+    """A stream listener, a datagram socket and another stream listener, bound by the pytest process
+    (outside any sandbox) at ``prefix`` + "stream" / "dgram" / "other"."""
+
+    def __init__(self, prefix: str) -> None:
+        self.stream, self.other = UnixListener(prefix + "stream"), UnixListener(prefix + "other")  # type: ignore[arg-type]
+        self.dgram = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.dgram.bind(prefix + "dgram")
+        self.dgram.setblocking(False)
+        self._datagrams: list[bytes] = []
+        self.addresses = (prefix + "stream", prefix + "dgram", prefix + "other")
+
+    def received(self) -> tuple[list[bytes], list[bytes], list[bytes]]:
+        """Everything received so far (stream connections and datagrams, in order)."""
+        while True:
+            try:
+                self._datagrams.append(self.dgram.recv(100))
+            except BlockingIOError:
+                break
+        return self.stream.received(), list(self._datagrams), self.other.received()
+
+    def close(self) -> None:
+        for sock in (self.stream, self.other, self.dgram):
+            sock.close()
+
+
+def test_unix_rule_reaches_an_abstract_name_bound_outside() -> None:
+    """An abstract name bound outside the sandbox (a fixture's server) is out of reach (the supervisor
+    refuses it, Landlock scoping would too), unless a unix:@ rule names it: then the supervisor
+    connects and sends for the test, from outside its scope (found running anyio's suite)."""
+    name = f"sandlock-rule-{os.getpid()}-{os.urandom(4).hex()}-"
+    targets = _UnixTargets("\0" + name)
+    try:
+        denied = Sandbox(Policy(net=LOCAL)).call(_to_unix_sockets, *targets.addresses)
+        assert denied.value == dict.fromkeys(["stream", "dgram", "connected dgram", "other"], errno.EACCES)
+        assert targets.received() == ([], [], [])
+        assert len(denied.denials) == 4
+        rules = [*LOCAL, f"unix:@{name}stream", f"unix:@{name}dgram"]
+        allowed = Sandbox(Policy(net=rules)).call(_to_unix_sockets, *targets.addresses)
+        expected = {"stream": "done", "dgram": "done", "connected dgram": "done", "other": errno.EACCES}
+        assert allowed.value == expected
+        assert targets.received() == ([b"stream"], [b"dgram", b"connected"], [])
+        assert [e.reason for e in allowed.denials] == ["abstract unix socket not created in this sandbox"]
+        prefix = Sandbox(Policy(net=[f"unix:@{name}*"])).call(_to_unix_sockets, *targets.addresses)
+        assert set(prefix.value.values()) == {"done"} and prefix.denials == []
+        assert targets.received() == ([b"stream"] * 2, [b"dgram", b"connected"] * 2, [b"other"])
+    finally:
+        targets.close()
+
+
+def test_unix_rule_reaches_a_socket_outside_the_writable_paths(outside_dir) -> None:
+    """A socket file outside the writable paths (a database server's, under /run) is out of reach
+    unless a unix: rule names it, or a directory above it; a denied path still wins."""
+    run = outside_dir / "run"
+    run.mkdir()
+    targets = _UnixTargets(f"{run}/")
+    try:
+        denied = Sandbox(Policy(net=LOCAL)).call(_to_unix_sockets, *targets.addresses)
+        assert set(denied.value.values()) == {errno.EACCES}
+        assert targets.received() == ([], [], [])
+        exact = [*LOCAL, f"unix:{run}/stream", f"unix:{run}/dgram"]
+        allowed = Sandbox(Policy(net=exact)).call(_to_unix_sockets, *targets.addresses)
+        expected = {"stream": "done", "dgram": "done", "connected dgram": "done", "other": errno.EACCES}
+        assert allowed.value == expected
+        assert targets.received() == ([b"stream"], [b"dgram", b"connected"], [])
+        below = Sandbox(Policy(net=[f"unix:{outside_dir}/"])).call(_to_unix_sockets, *targets.addresses)
+        assert set(below.value.values()) == {"done"} and below.denials == []
+        everything = ([b"stream"] * 2, [b"dgram", b"connected"] * 2, [b"other"])
+        assert targets.received() == everything
+        fenced = Sandbox(Policy(net=[f"unix:{outside_dir}/"], fs_deny=[run])).call(
+            _to_unix_sockets, *targets.addresses
+        )
+        assert set(fenced.value.values()) == {errno.EACCES}
+        assert targets.received() == everything
+    finally:
+        targets.close()

@@ -189,3 +189,95 @@ def test_unsandboxed_tests_do_not_fork_and_sandboxed_do(pytester, flag):
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", flag)
     result.assert_outcomes(passed=2, failed=1)
     result.stdout.fnmatch_lines(["FAILED test_inner.py::test_plain*"])
+
+
+def test_a_unix_rule_opens_a_fixtures_abstract_socket(pytester):
+    """A session fixture's abstract-socket server (bound in the pytest process, outside every sandbox)
+    is out of reach of a strict test, unless its marker (or ini sandlock_net) names it with a unix:@
+    rule. The server thread records what it received, and the last test checks it in the pytest process
+    (found running anyio's suite, whose fixtures serve on abstract names)."""
+    name = f"sandlock-plugin-{os.getpid()}-{os.urandom(4).hex()}"
+    pytester.makeconftest(
+        f"""
+        import socket, threading, pytest
+
+        RECEIVED = []
+
+        @pytest.fixture(scope="session")
+        def server():
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.bind("\\0{name}")
+            sock.listen(8)
+
+            def serve():
+                while True:
+                    try:
+                        conn, _ = sock.accept()
+                    except OSError:
+                        return
+                    with conn:
+                        RECEIVED.append(conn.recv(100))
+                        conn.sendall(b"pong")
+
+            threading.Thread(target=serve, daemon=True).start()
+            yield "\\0{name}"
+            sock.close()
+        """
+    )
+    pytester.makepyfile(
+        test_inner="""
+        import socket, time, pytest
+        import conftest
+
+        def talk(address, payload):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+                sock.connect(address)
+                sock.sendall(payload)
+                return sock.recv(100)
+
+        @pytest.mark.sandbox(net=["127.0.0.1", "unix:@NAME"])
+        def test_named(server):
+            assert talk(server, b"named") == b"pong"
+
+        def test_not_named(server):
+            try:
+                talk(server, b"not named")
+            except PermissionError:
+                pass  # swallowed: strict mode still fails the test
+
+        def test_what_the_server_got():
+            time.sleep(0.2)
+            assert conftest.RECEIVED == [b"named"]
+        """.replace("NAME", name)
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--sandlock-strict")
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*test_not_named*",
+            "sandlock strict: the test was denied 1 operation(s):",
+            "  connect unix @sandlock-plugin-* denied"
+            " (EACCES: abstract unix socket not created in this sandbox)",
+        ]
+    )
+
+
+def test_a_bad_unix_rule_is_a_usage_error_naming_the_test(pytester):
+    pytester.makepyfile(
+        test_inner="""
+        import pytest
+
+        @pytest.mark.sandbox(net=["unix:relative.sock"])
+        def test_bad():
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    assert result.ret != 0
+    result.stderr.fnmatch_lines(
+        [
+            "*test_bad: invalid sandbox policy from @pytest.mark.sandbox: net rule 'unix:relative.sock': "
+            "a unix socket rule is unix:/ABSOLUTE/PATH or unix:@NAME"
+        ]
+    )
+    assert "Traceback" not in result.stdout.str() + result.stderr.str()
