@@ -29,7 +29,16 @@ from .proctree import reap_deferred
 from .supervisor import RESULT_HEADER, PolicyFn, Supervisor
 
 # Device files every program expects to write; /dev/shm backs POSIX semaphores (multiprocessing).
-ALWAYS_WRITABLE_DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/tty", "/dev/pts", "/dev/shm")
+# /dev/ptmx with /dev/pts: a new pseudo-terminal (os.openpty, pty.fork, pexpect) opens both for writing.
+ALWAYS_WRITABLE_DEVICES = (
+    "/dev/null",
+    "/dev/zero",
+    "/dev/full",
+    "/dev/tty",
+    "/dev/ptmx",
+    "/dev/pts",
+    "/dev/shm",
+)
 SYSTEM_READABLE = (
     "/usr/lib",
     "/usr/lib64",

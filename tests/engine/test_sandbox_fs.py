@@ -56,6 +56,39 @@ def test_tmp_path_is_writable_by_default(tmp_path: Path) -> None:
     assert event.category is SyscallCategory.FILE and event.denied is False
 
 
+def _pseudo_terminal() -> object:
+    """Inside the sandbox: a new pty, a line through it, a window size set on it; what came out."""
+    import fcntl
+    import struct
+    import termios
+
+    try:
+        master, slave = os.openpty()
+    except OSError as exc:
+        return exc.errno
+    try:
+        os.write(master, b"hi\n")
+        line = os.read(slave, 10)
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+        size = struct.unpack("HHHH", fcntl.ioctl(master, termios.TIOCGWINSZ, b"\0" * 8))[:2]
+        return line, size, os.ttyname(slave).startswith("/dev/pts/")
+    finally:
+        os.close(master)
+        os.close(slave)
+
+
+def test_a_pseudo_terminal_can_be_opened() -> None:
+    """os.openpty(), pty.fork() and pexpect open /dev/ptmx and then /dev/pts/N for writing: both are
+    always writable, as a terminal is (found running pexpect's suite: EACCES on /dev/ptmx). The
+    control is a device that is not always writable: /dev/urandom is refused."""
+    result = Sandbox(Policy(net=NET)).call(_pseudo_terminal)
+    assert result.value == (b"hi\n", (24, 80), True)
+    assert result.denials == []
+    control = Sandbox(Policy(net=NET)).call(write_file, "/dev/urandom")
+    assert control.value == errno.EACCES
+    assert only(control.denials, path="/dev/urandom").reason == "outside the writable paths"
+
+
 def test_write_into_repo_denied_with_event(tmp_path: Path, repo_dir: Path) -> None:
     target = _probe_name(repo_dir)
     try:
