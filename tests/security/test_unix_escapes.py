@@ -233,3 +233,68 @@ def test_bind_swap_race_control(outside: Outside, tmp_path: Path) -> None:
     assert any(name.endswith(".sock") for name in landed)
     for name in landed:
         os.unlink(os.path.join(outside.dir, name))
+
+
+# -------------------------------------------------------------------------------- unix: rules
+
+
+def symlink_flip_race(tmp: str, allowed: str, forbidden: str, tries: int) -> dict[object, int]:
+    """Connect to tmp/x while another process flips it between a symlink to ``allowed`` and one to
+    ``forbidden`` (RENAME_EXCHANGE with tmp/y): a rule naming ``allowed`` must never let a connect
+    reach ``forbidden``."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    os.symlink(allowed, f"{tmp}/x")
+    os.symlink(forbidden, f"{tmp}/y")
+    pid = os.fork()
+    if pid == 0:
+        while True:
+            libc.renameat2(-100, f"{tmp}/x".encode(), -100, f"{tmp}/y".encode(), 2)
+    counts: dict[object, int] = {}
+    try:
+        while os.readlink(f"{tmp}/x") != forbidden:  # the flipper is running
+            pass
+        for _ in range(tries):
+            result = unix_connect(f"{tmp}/x")
+            counts[result] = counts.get(result, 0) + 1
+    finally:
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+    return counts
+
+
+def _allowed_listener(directory: str) -> socket.socket:
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(os.path.join(directory, "allowed.sock"))
+    server.listen(4096)
+    return server
+
+
+def test_a_unix_rule_opens_its_socket_and_no_other(outside: Outside, tmp_path: Path) -> None:
+    """A rule names one socket file outside the writable set: a symlink flipping between it and another
+    outside socket never reaches the other (the supervisor connects to the resolved path it checked,
+    through an O_PATH descriptor), and a plain symlink to the other is refused."""
+    from pytest_sandlock.engine.policy import Policy
+    from pytest_sandlock.engine.sandbox import Sandbox
+
+    server = _allowed_listener(outside.dir)
+    try:
+        allowed = os.path.join(outside.dir, "allowed.sock")
+        box = Sandbox(Policy(net=[*LOCAL, f"unix:{allowed}"]))
+        counts = box.call(symlink_flip_race, str(tmp_path), allowed, outside.unix_path, 1000).value
+        assert set(counts) == {0, errno.EACCES}, counts  # both targets were seen: the race ran
+        assert box.call(unix_connect, outside.unix_path).value == errno.EACCES
+    finally:
+        server.close()
+
+
+def test_a_unix_rule_control(outside: Outside, tmp_path: Path) -> None:
+    server = _allowed_listener(outside.dir)
+    try:
+        allowed = os.path.join(outside.dir, "allowed.sock")
+        counts = run_unconfined(symlink_flip_race, str(tmp_path), allowed, outside.unix_path, 300)
+        assert counts.get(0, 0) == 300
+        assert any(kind == "unix" for kind, _ in outside.drain())
+    finally:
+        server.close()
