@@ -63,7 +63,18 @@ SPEC_KEY = pytest.StashKey[SandboxSpec]()
 UNCONFINED_KEY = pytest.StashKey[bool]()
 RECORD_KEY = pytest.StashKey["CallRecord"]()
 
-_DEVICES = ("/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom", "/dev/tty", "/dev/shm")
+# Writes the audit summary does not list: devices, terminals and new pseudo-terminals.
+_DEVICES = (
+    "/dev/null",
+    "/dev/zero",
+    "/dev/full",
+    "/dev/random",
+    "/dev/urandom",
+    "/dev/tty",
+    "/dev/ptmx",
+    "/dev/pts",
+    "/dev/shm",
+)
 _FORK_WARNING = r".*use of fork\(\) may lead to deadlocks"
 
 
