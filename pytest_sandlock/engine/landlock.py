@@ -529,15 +529,32 @@ def build_ruleset(spec: LandlockSpec) -> Ruleset:
 
 _cache: Dict[LandlockSpec, Ruleset] = {}
 _cache_lock = threading.Lock()  # xdist workers run a second thread
+# Per cached spec: the (device, inode) of each watched path when its ruleset was built.
+_identities: Dict[LandlockSpec, Dict[str, Optional[Tuple[int, int]]]] = {}
 
 
-def get_ruleset(spec: LandlockSpec) -> Ruleset:
-    """The ruleset for ``spec``, built once per distinct spec in this process."""
+def _identity(path: str) -> Optional[Tuple[int, int]]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def get_ruleset(spec: LandlockSpec, watch: Tuple[str, ...] = ()) -> Ruleset:
+    """The ruleset for ``spec``, built once per distinct spec in this process, and again when a
+    ``watch`` path is no longer the file it was: a path-beneath rule holds the inode it was given,
+    so a directory removed and made again (a fixture cleaning ``build/``) would lose its access."""
     with _cache_lock:
         ruleset = _cache.get(spec)
-        if ruleset is None or ruleset.closed or ruleset.owner_pid != os.getpid():
+        known = _identities.get(spec, {})
+        stale = any(path in known and _identity(path) != known[path] for path in watch)
+        if ruleset is None or stale or ruleset.closed or ruleset.owner_pid != os.getpid():
+            if ruleset is not None and stale and ruleset.owner_pid == os.getpid():
+                ruleset.close()
             ruleset = build_ruleset(spec)
             _cache[spec] = ruleset
+            _identities[spec] = {path: _identity(path) for path in watch}
         return ruleset
 
 
@@ -548,6 +565,7 @@ def clear_cache() -> None:
             if ruleset.owner_pid == os.getpid():
                 ruleset.close()
         _cache.clear()
+        _identities.clear()
 
 
 def set_no_new_privs() -> None:

@@ -344,6 +344,13 @@ def _normalize_paths(paths: object, what: str) -> tuple[str, ...]:
     return tuple(unique)
 
 
+def _directories_named(paths: object) -> tuple[str, ...]:
+    """The paths (already validated) written as directories, "build/": made when missing."""
+    if paths is None or isinstance(paths, (str, bytes, os.PathLike)) or not isinstance(paths, Iterable):
+        return ()
+    return tuple(normalize_path(p) for p in paths if isinstance(p, str) and p.endswith(("/", os.sep)))
+
+
 def _normalize_optional_paths(paths: object, what: str) -> Optional[tuple[str, ...]]:
     return None if paths is None else _normalize_paths(paths, what)
 
@@ -409,6 +416,7 @@ class Policy:
         "net_source",
         "fs_read",
         "fs_write",
+        "fs_write_dirs",
         "fs_deny",
         "max_processes",
         "max_memory",
@@ -422,6 +430,7 @@ class Policy:
     _hash: int  # set on first hash (the policy is immutable)
     fs_read: Optional[tuple[str, ...]]
     fs_write: tuple[str, ...]
+    fs_write_dirs: tuple[str, ...]  # those of fs_write given as "dir/": made if missing
     fs_deny: tuple[str, ...]
     max_processes: Optional[int]
     max_memory: Optional[int]
@@ -440,7 +449,10 @@ class Policy:
     ) -> None:
         self._set_net(net)
         self._set("fs_read", _normalize_optional_paths(fs_read, "fs_read"))
+        if isinstance(fs_write, Iterable) and not isinstance(fs_write, (str, bytes, os.PathLike)):
+            fs_write = list(fs_write)  # read twice below: it may be a generator
         self._set("fs_write", _normalize_optional_paths(fs_write, "fs_write") or ())
+        self._set("fs_write_dirs", _directories_named(fs_write))
         self._set("fs_deny", _normalize_optional_paths(fs_deny, "fs_deny") or ())
         self._set("max_processes", _check_count(max_processes, "max_processes", 1))
         self._set("max_memory", parse_size(max_memory))
@@ -462,7 +474,7 @@ class Policy:
         raise AttributeError("Policy is immutable")
 
     def _key(self) -> tuple[object, ...]:
-        return (*(getattr(self, name) for name in _POLICY_FIELDS), self.net_unix)
+        return (*(getattr(self, name) for name in _POLICY_FIELDS), self.net_unix, self.fs_write_dirs)
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Policy):
@@ -490,7 +502,7 @@ class Policy:
         return {
             "net": self.net_source,
             "fs_read": self.fs_read,
-            "fs_write": self.fs_write,
+            "fs_write": tuple(p + "/" if p in self.fs_write_dirs else p for p in self.fs_write),
             "fs_deny": self.fs_deny,
             "max_processes": self.max_processes,
             "max_memory": self.max_memory,
@@ -504,13 +516,13 @@ class Policy:
             raise TypeError(f"Policy.replace() got unexpected keyword argument(s): {sorted(unknown)}")
         new = Policy.__new__(Policy)
         # Unchanged fields are copied, not re-parsed: hostnames in net rules are not resolved again.
-        for name in (*_POLICY_FIELDS, "net_unix", "net_source"):
+        for name in (*_POLICY_FIELDS, "net_unix", "net_source", "fs_write_dirs"):
             object.__setattr__(new, name, getattr(self, name))
         if "net" in changes:
             new._set_net(changes.pop("net"))
         if changes:
             fresh = Policy(**changes)  # validates and normalises the changed fields only
-            for name in changes:
+            for name in (*changes, *(("fs_write_dirs",) if "fs_write" in changes else ())):
                 object.__setattr__(new, name, getattr(fresh, name))
         return new
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 from . import capabilities, landlock, proctree, seccomp_filter
-from .errors import ChildException, KernelFeatureError, SandboxCrash
+from .errors import ChildException, KernelFeatureError, PolicyError, SandboxCrash
 from .launcher import Confinement, close_launched, exec_target, launch, prepare_capability_drop
 from .policy import Policy, PolicyContext, SyscallEvent, tcp_ports_of
 from .proctree import reap_deferred
@@ -63,6 +63,10 @@ def _real(path: str) -> str:
 
 
 @functools.lru_cache(maxsize=1)
+def _within(path: str, root: str) -> bool:
+    return path.startswith(root.rstrip("/") + "/")
+
+
 def always_writable() -> tuple[str, ...]:
     return (os.path.realpath(tempfile.gettempdir()), *ALWAYS_WRITABLE_DEVICES)
 
@@ -184,9 +188,30 @@ class Sandbox:
         self.capabilities = capabilities.probe()
         self.notes: list[str] = list(self.capabilities.warnings)
         self.ruleset: Optional[landlock.Ruleset] = None
+        self._spec: Optional[landlock.LandlockSpec] = None
         if not audit and self.capabilities.landlock_abi > 0:
-            self.ruleset = landlock.get_ruleset(self.landlock_spec())
+            self._spec = self.landlock_spec()
+            self.ruleset = self._current_ruleset()
             self.notes.extend(self.ruleset.notes)
+
+    def _current_ruleset(self) -> landlock.Ruleset:
+        """The ruleset for this run: the policy's writable directories made when written "dir/" and
+        missing, and the ruleset built again if one of them is not the directory it was."""
+        assert self._spec is not None
+        for path in self.policy.fs_write:
+            if os.path.exists(path) or any(_within(path, other) for other in self.writable if other != path):
+                continue  # there, or inside another writable path (the temp dir...) that covers it
+            if path not in self.policy.fs_write_dirs:
+                raise PolicyError(
+                    f"fs_write {path}: does not exist, and Landlock can only grant an existing path: "
+                    f"create it first (in a fixture), or write it as {path + '/'!r} to have the "
+                    "directory made"
+                )
+            try:
+                os.makedirs(path, exist_ok=True)
+            except OSError as exc:
+                raise PolicyError(f"fs_write {path}: cannot make the directory: {exc}") from None
+        return landlock.get_ruleset(self._spec, watch=self.policy.fs_write)
 
     def landlock_spec(self) -> landlock.LandlockSpec:
         policy = self.policy
@@ -215,6 +240,8 @@ class Sandbox:
     ) -> tuple[Supervisor, Any]:
         if self.capabilities.problems:  # e.g. child memory unreadable: nothing could be decided
             raise KernelFeatureError("; ".join(self.capabilities.problems))
+        if self._spec is not None and self.policy.fs_write:  # a path may have gone, or come back anew
+            self.ruleset = self._current_ruleset()
         conf = Confinement(
             ruleset=self.ruleset,
             compiled=self.compiled,

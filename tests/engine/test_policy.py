@@ -392,7 +392,7 @@ def test_policy_generator_net_keeps_its_source() -> None:
 
 def test_policy_eq_and_hash() -> None:
     a = Policy(net=list(LOOPBACK_DEFAULT), fs_write=["/tmp"], max_memory="256M")
-    b = Policy(net=("127.0.0.0/8", "::1"), fs_write=("/tmp/",), max_memory=256 * 1024**2)
+    b = Policy(net=("127.0.0.0/8", "::1"), fs_write=("/tmp/../tmp",), max_memory=256 * 1024**2)
     c = Policy(net=["127.0.0.0/8"], fs_write=["/tmp"], max_memory="256M")
     assert a == b and hash(a) == hash(b)
     assert a != c
@@ -724,3 +724,17 @@ def test_unix_rules_are_part_of_the_policy() -> None:
     assert not a.replace(net=["127.0.0.1"]).allows_abstract(b"a")
     assert pickle.loads(pickle.dumps(a)) == a
     assert a.to_dict()["net"] == ["127.0.0.1", "unix:@a"]
+
+
+def test_writable_paths_written_as_directories_are_remembered(tmp_path: pathlib.Path) -> None:
+    """fs_write "build/" (a string ending in /) is a directory the sandbox makes when missing; the
+    mark survives replace() and pickling, and makes the policy differ from plain "build"."""
+    as_dir = Policy(fs_write=[f"{tmp_path}/build/", tmp_path / "file"])
+    plain = Policy(fs_write=[f"{tmp_path}/build", tmp_path / "file"])
+    assert as_dir.fs_write == plain.fs_write
+    assert as_dir.fs_write_dirs == (str(tmp_path / "build"),) and plain.fs_write_dirs == ()
+    assert as_dir != plain
+    assert pickle.loads(pickle.dumps(as_dir)) == as_dir
+    assert as_dir.replace(timeout=1).fs_write_dirs == as_dir.fs_write_dirs
+    assert as_dir.replace(fs_write=[tmp_path]).fs_write_dirs == ()
+    assert Policy(fs_write=(p for p in [f"{tmp_path}/gen/"])).fs_write_dirs == (str(tmp_path / "gen"),)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 from sandbox_helpers import only, outcomes
 
 from pytest_sandlock.engine.channel import client
+from pytest_sandlock.engine.errors import PolicyError
 from pytest_sandlock.engine.policy import Policy, SyscallCategory
 from pytest_sandlock.engine.sandbox import Sandbox
 
@@ -263,6 +265,37 @@ def test_fs_write_adds_a_writable_dir(outside_dir: Path) -> None:
     granted = Sandbox(Policy(net=NET, fs_write=[outside_dir])).call(write_file, str(target), "granted")
     assert granted.value == "written"
     assert target.read_text() == "granted"
+
+
+def test_a_writable_directory_made_again_stays_writable(outside_dir: Path) -> None:
+    """A Landlock rule holds the inode it was given: a granted directory that a fixture removes and
+    makes again between tests (a cleaned build/) must stay writable, not turn into a silent EACCES
+    that the supervisor records as allowed. Control: a sibling never granted stays refused."""
+    build = outside_dir / "build"
+    build.mkdir()
+    box = Sandbox(Policy(net=NET, fs_write=[build]))
+    assert box.call(write_file, str(build / "a.txt")).value == "written"
+    shutil.rmtree(build)
+    build.mkdir()
+    again = box.call(write_file, str(build / "b.txt"))
+    assert again.value == "written" and (build / "b.txt").read_text() == "data"
+    assert again.denials == []
+    assert box.call(write_file, str(outside_dir / "sibling.txt")).value == errno.EACCES
+
+
+def test_a_missing_writable_directory_is_made_or_refused_clearly(outside_dir: Path) -> None:
+    """Landlock cannot grant a path that does not exist. Written "build/" (a directory), it is made
+    when the sandbox is built, and again if it is gone; written without the slash, building the
+    sandbox fails with a message that says so (it used to be a silent EACCES in the test)."""
+    made = outside_dir / "made"
+    box = Sandbox(Policy(net=NET, fs_write=[f"{made}/"]))
+    assert made.is_dir()
+    assert box.call(write_file, str(made / "x.txt")).value == "written"
+    shutil.rmtree(made)
+    assert box.call(write_file, str(made / "y.txt")).value == "written"  # made again for the run
+    with pytest.raises(PolicyError, match=r"fs_write .*/missing: does not exist.*'.*/missing/'"):
+        Sandbox(Policy(net=NET, fs_write=[outside_dir / "missing"]))
+    assert not (outside_dir / "missing").exists()
 
 
 def test_symlink_from_tmp_into_repo_does_not_escape(tmp_path: Path, repo_dir: Path) -> None:

@@ -674,3 +674,39 @@ def test_subtest_reports_cross_back(pytester, mode) -> None:
         ]
     )
     assert result.ret == 1
+
+
+def test_a_writable_directory_in_the_marker_is_made_when_written_as_one(pytester):
+    """fs_write=["build/"] (the README's own example) makes build/ when it is missing, so the test can
+    write there; a missing path written without the slash fails the test with the reason, not with a
+    bare EACCES. Both outside the temp dir (which is writable anyway)."""
+    import shutil
+    import tempfile
+
+    base = tempfile.mkdtemp(prefix="sandlock-fs-write-", dir="/var/tmp")
+    try:
+        pytester.makepyfile(
+            test_inner=f"""
+            import os, pytest
+
+            @pytest.mark.sandbox(fs_write=["{base}/build/"])
+            def test_build():
+                os.makedirs("{base}/build/out", exist_ok=True)
+                with open("{base}/build/out/x.txt", "w") as fh:
+                    fh.write("x")
+
+            @pytest.mark.sandbox(fs_write=["{base}/out"])
+            def test_missing():
+                pass
+            """
+        )
+        result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--sandlock-strict")
+        result.assert_outcomes(passed=1, failed=1)
+        with open(f"{base}/build/out/x.txt") as written:
+            assert written.read() == "x"
+        result.stdout.fnmatch_lines(
+            ["*could not sandbox test_inner.py::test_missing: PolicyError: fs_write */out: does not exist*"]
+        )
+        assert not os.path.exists(f"{base}/out")
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
