@@ -648,6 +648,8 @@ def _with_shown_parameters(report: Any) -> None:
     context = getattr(report, "context", None)
     kwargs = getattr(context, "kwargs", None)
     if isinstance(kwargs, dict) and dataclasses.is_dataclass(context) and not isinstance(context, type):
+        if all(value is None or isinstance(value, (str, int, float, bool)) for value in kwargs.values()):
+            return  # nothing to replace (pytest 9.2+ keeps them as their reprs already)
         shown = {
             key: value
             if value is None or isinstance(value, (str, int, float, bool))
@@ -655,6 +657,21 @@ def _with_shown_parameters(report: Any) -> None:
             for key, value in kwargs.items()
         }
         report.context = dataclasses.replace(context, kwargs=shown)
+
+
+def _restore_parameters(report: Any, data: Any) -> None:
+    """pytest 9.2+ turns a subtest's parameters into their reprs whenever it makes a subtest context,
+    rebuilding one from its serialized form included, so they would show quoted twice ("i='1'"): a
+    rebuilt report gets back the values it was serialized with, already reprs, as logged in the child."""
+    context = getattr(report, "context", None)
+    kwargs = getattr(context, "kwargs", None)
+    sent_context = data.get("_subtest.context") if isinstance(data, dict) else None
+    sent = sent_context.get("kwargs") if isinstance(sent_context, dict) else None
+    if not isinstance(kwargs, dict) or not isinstance(sent, dict) or not sent:
+        return
+    reprs = all(isinstance(v, str) for v in sent.values())
+    if reprs and kwargs == {key: _safe_repr(value) for key, value in sent.items()}:
+        object.__setattr__(context, "kwargs", dict(sent))  # frozen dataclass: as pytest itself sets it
 
 
 def _serialized_sub_report(config: pytest.Config, report: Any) -> Any:
@@ -728,6 +745,12 @@ def _failed_subtests_key() -> Any:
 _FAILED_SUBTESTS_KEY = _failed_subtests_key()  # looked up once, not in every child
 
 
+def _subtests_key(item: pytest.Item) -> Any:
+    """How pytest's subtests plugin keys an item's failed-subtest count: its ``id`` (a NodeId, pytest
+    9.2+), else its node id string."""
+    return getattr(item, "id", None) or item.nodeid
+
+
 def _child_main(
     item: pytest.Item,
     runtest: Callable[[], None],
@@ -766,11 +789,13 @@ def _child_main(
     global _child_reports
     sub_reports: list[Any] = []
     failed_counts = config.stash[_FAILED_SUBTESTS_KEY] if _FAILED_SUBTESTS_KEY is not None else None
-    failed_before = failed_counts.get(item.nodeid, 0) if failed_counts is not None else 0
+    failed_before = failed_counts.get(_subtests_key(item), 0) if failed_counts is not None else 0
     _child_reports = (item.nodeid, sub_reports, config)
     call = pytest.CallInfo.from_call(runtest, when="call", reraise=None)
     _child_reports = None
-    failed_subtests = failed_counts.get(item.nodeid, 0) - failed_before if failed_counts is not None else 0
+    failed_subtests = (
+        failed_counts.get(_subtests_key(item), 0) - failed_before if failed_counts is not None else 0
+    )
     # A unittest.TestCase's runtest raises nothing: unittest hands failures, errors, skips and
     # expected failures to the item (addFailure & co.), which keeps them in _excinfo for pytest's
     # makereport to pop. That happens in the pytest process, on its own copy of the item: take
@@ -1092,13 +1117,14 @@ def _apply_item_changes(item: pytest.Item, out: dict[str, Any]) -> None:
             continue
         if report is None:
             continue
+        _restore_parameters(report, data)
         # Outside the test's capture, as pytest logs a subtest's report (else its progress
         # letter would land in the test's captured output).
         with capture.global_and_fixture_disabled() if capture is not None else contextlib.nullcontext():
             item.ihook.pytest_runtest_logreport(report=report)
     failed = out.get("failed_subtests", 0)
     if isinstance(failed, int) and failed > 0 and _FAILED_SUBTESTS_KEY is not None:
-        config.stash[_FAILED_SUBTESTS_KEY][item.nodeid] += failed
+        config.stash[_FAILED_SUBTESTS_KEY][_subtests_key(item)] += failed
 
 
 def _rebuild_exception(config: pytest.Config, info: dict[str, Any]) -> tuple[BaseException, Any]:

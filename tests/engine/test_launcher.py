@@ -138,9 +138,12 @@ def test_the_target_runs_with_an_unfrozen_collector(monkeypatch: pytest.MonkeyPa
 
     def in_child() -> dict[str, Any]:
         holder.clear()  # now only the cycle keeps the object alive, in this process
+        # Read before collecting: CPython 3.12 reports a few hundred frozen objects after any
+        # collection that follows a freeze and unfreeze, with no fork at all.
+        frozen = gc.get_freeze_count()
         gc.collect()
         return {
-            "freeze_count": gc.get_freeze_count(),
+            "freeze_count": frozen,
             "referrers_found": bool(gc.get_referrers(_MODULE_THING)),
             "cycle_freed": ref() is None,
         }
