@@ -182,6 +182,10 @@ def test_invalid_marker_is_a_usage_error_naming_test_and_value(pytester):
         def test_unknown():
             pass
 
+        @pytest.mark.sandbox(net=["unix:relative.sock"])
+        def test_bad_unix_rule():
+            pass
+
         def test_fine():
             pass
         """
@@ -194,12 +198,14 @@ def test_invalid_marker_is_a_usage_error_naming_test_and_value(pytester):
             "test_inner.py::test_bad_port: invalid sandbox policy from @pytest.mark.sandbox: *99999*",
             "test_inner.py::test_bad_memory: invalid sandbox policy from @pytest.mark.sandbox: *lots*",
             "test_inner.py::test_unknown: @pytest.mark.sandbox got unknown argument(s) colour*",
+            "test_inner.py::test_bad_unix_rule: invalid sandbox policy from @pytest.mark.sandbox: net rule"
+            " 'unix:relative.sock': a unix socket rule is unix:/ABSOLUTE/PATH or unix:@NAME",
         ]
     )
     assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
     # Under xdist the same tests error at setup with the same message, and the others still run.
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-n", "2")
-    result.assert_outcomes(passed=1, errors=3)
+    result.assert_outcomes(passed=1, errors=4)
     result.stdout.fnmatch_lines(["*pytest-sandlock usage error: test_inner.py::test_bad_port: *99999*"])
     assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
 
