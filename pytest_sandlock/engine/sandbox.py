@@ -240,7 +240,9 @@ class Sandbox:
     ) -> tuple[Supervisor, Any]:
         if self.capabilities.problems:  # e.g. child memory unreadable: nothing could be decided
             raise KernelFeatureError("; ".join(self.capabilities.problems))
-        if self._spec is not None and self.policy.fs_write:  # a path may have gone, or come back anew
+        if self._spec is not None and (self.policy.fs_write or self.ruleset is None or self.ruleset.closed):
+            # A writable path may have gone, or come back anew; or another Sandbox with the same
+            # rules had the shared ruleset built again (the old one is closed then).
             self.ruleset = self._current_ruleset()
         conf = Confinement(
             ruleset=self.ruleset,

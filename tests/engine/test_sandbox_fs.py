@@ -283,6 +283,21 @@ def test_a_writable_directory_made_again_stays_writable(outside_dir: Path) -> No
     assert box.call(write_file, str(outside_dir / "sibling.txt")).value == errno.EACCES
 
 
+def test_a_ruleset_built_again_reaches_every_sandbox_that_shares_it(outside_dir: Path) -> None:
+    """Sandboxes whose rules are the same share one cached ruleset. When one of them has it built
+    again (its granted directory was made anew), the old one is closed: the others must take the
+    new one, not fail on the closed one."""
+    build = outside_dir / "build"
+    build.mkdir()
+    watching = Sandbox(Policy(net=NET, fs_write=[build]))
+    sharing = Sandbox(Policy(net=NET), extra_fs_write=[str(build)])
+    assert watching.ruleset is sharing.ruleset
+    shutil.rmtree(build)
+    build.mkdir()
+    assert watching.call(write_file, str(build / "a.txt")).value == "written"
+    assert sharing.call(write_file, str(build / "b.txt")).value == "written"
+
+
 def test_a_missing_writable_directory_is_made_or_refused_clearly(outside_dir: Path) -> None:
     """Landlock cannot grant a path that does not exist. Written "build/" (a directory), it is made
     when the sandbox is built, and again if it is gone; written without the slash, building the
