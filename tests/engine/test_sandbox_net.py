@@ -7,6 +7,7 @@ destination reaches its listener, so a sandbox that enforced nothing would fail 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import errno
 import ipaddress
 import os
@@ -595,14 +596,18 @@ def _bind_unix(path: str) -> object:
         return exc.errno
 
 
-def test_unix_bind_without_landlock_is_done_by_the_supervisor(tmp_path, outside_dir) -> None:
+def test_unix_bind_without_landlock_is_done_by_the_supervisor(tmp_path, outside_dir, monkeypatch) -> None:
     """On a kernel without Landlock nothing would hold a bind the child made to the checked path
     (a directory swapped for a symlink after the check), so the supervisor binds the socket itself,
     through the directory it checked: the socket is where the test asked, and its name is the
-    supervisor's /proc/self/fd path (documented in SECURITY.md). Simulated here by dropping the
-    ruleset, as Sandbox does when the kernel has no Landlock; the control is the bind outside."""
+    supervisor's /proc/self/fd path (documented in SECURITY.md). Simulated by a capability probe
+    that finds no Landlock (the Sandbox then builds no ruleset); the control is the bind outside."""
+    from pytest_sandlock.engine import capabilities
+
+    found = capabilities.probe()
+    monkeypatch.setattr(capabilities, "probe", lambda: dataclasses.replace(found, landlock_abi=0))
     box = Sandbox(Policy(net=LOCAL))
-    box.ruleset = None
+    assert box.ruleset is None
     inside = box.call(_bind_unix, str(tmp_path / "in.sock"))
     assert isinstance(inside.value, str) and inside.value.startswith("/proc/self/fd/")
     assert inside.value.endswith("/in.sock")
