@@ -21,7 +21,8 @@ What the filter does, and why:
   (kernel attack surface and side channels), namespaces and mounts (``unshare``, ``setns``, ``mount``,
   the new mount API, ``pivot_root``, ``chroot``), kernel modules and ``kexec``, the kernel keyring
   (not namespaced), ``open_by_handle_at`` (the classic container escape), ``acct``, ``swapon``,
-  ``reboot``, clock setting, ``iopl``/``ioperm``.
+  ``reboot``, clock setting, ``iopl``/``ioperm``; and the ioctls that type into a terminal
+  (``TIOCSTI``, ``TIOCLINUX``), which would let a test run a command in the user's shell.
 * Any other syscall ABI (32-bit ``int 0x80`` and its ``socketcall``, x32) kills the process: a hand
   written prefix checks the architecture and the x32 bit before libseccomp's program runs.
 """
@@ -33,6 +34,7 @@ import errno
 import os
 import struct
 import tempfile
+import termios
 from dataclasses import dataclass
 
 import pyseccomp as sc
@@ -74,6 +76,13 @@ ESCAPES = (
 
 ENOSYS_CALLS = ("clone3", "openat2")
 
+# Typing into a terminal: TIOCSTI pushes bytes into a tty's input queue, so a test could type a
+# command into the shell that started pytest (it runs once pytest exits, unconfined); TIOCLINUX's
+# paste does the same on a virtual console. An ioctl's command is an unsigned int: only the low 32
+# bits are compared, so high bits set in the register cannot slip past.
+TIOCLINUX = 0x541C
+TERMINAL_INJECTION = (termios.TIOCSTI, TIOCLINUX)
+
 
 def _build(notify_process_creation: bool) -> sc.SyscallFilter:
     flt = sc.SyscallFilter(sc.ALLOW)
@@ -101,6 +110,8 @@ def _build(notify_process_creation: bool) -> sc.SyscallFilter:
         flt.add_rule(sc.ERRNO(errno.ENOSYS), name)
     for name in ESCAPES:
         flt.add_rule(sc.ERRNO(errno.EPERM), name)
+    for command in TERMINAL_INJECTION:
+        flt.add_rule(sc.ERRNO(errno.EPERM), "ioctl", sc.Arg(1, sc.MASKED_EQ, 0xFFFFFFFF, command))
     return flt
 
 
