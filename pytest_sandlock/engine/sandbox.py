@@ -62,11 +62,11 @@ def _real(path: str) -> str:
     return os.path.realpath(path)
 
 
-@functools.lru_cache(maxsize=1)
 def _within(path: str, root: str) -> bool:
     return path.startswith(root.rstrip("/") + "/")
 
 
+@functools.lru_cache(maxsize=1)
 def always_writable() -> tuple[str, ...]:
     return (os.path.realpath(tempfile.gettempdir()), *ALWAYS_WRITABLE_DEVICES)
 
