@@ -296,6 +296,9 @@ def test_a_ruleset_built_again_reaches_every_sandbox_that_shares_it(outside_dir:
     build.mkdir()
     assert watching.call(write_file, str(build / "a.txt")).value == "written"
     assert sharing.call(write_file, str(build / "b.txt")).value == "written"
+    # control: the new ruleset still confines them both
+    assert sharing.call(write_file, str(outside_dir / "sibling.txt")).value == errno.EACCES
+    assert not (outside_dir / "sibling.txt").exists()
 
 
 def test_a_missing_writable_directory_is_made_or_refused_clearly(outside_dir: Path) -> None:
