@@ -27,6 +27,7 @@ Compatibility with other plugins lives here too:
 
 from __future__ import annotations
 
+import _signal  # see _InterruptGuard.SIGNALS
 import contextlib
 import dataclasses
 import io
@@ -100,6 +101,7 @@ class Runner:
         self.settings = settings
         self._writable: Optional[tuple[str, ...]] = None
         self._close_fds: Optional[tuple[int, ...]] = None
+        self._kept: Optional[set[int]] = None
         self._coverage_staging: Optional[str] = None
         self._sandboxes: dict[tuple[Policy, Optional[Callable[..., Any]]], Sandbox] = {}
 
@@ -214,7 +216,11 @@ class Runner:
         # Pre-session descriptors still open on the same file (a number closed and reused since, by
         # a fixture say, is not pytest's any more): checked at every call.
         session = getattr(self, "_session_fds", {})
-        kept = self._kept_fds() if session else set()
+        if self._kept is None:
+            # Once: capture's files and the log file are the session's. Should one of them be closed
+            # and its number reused, the new file no longer matches the snapshot, and is kept anyway.
+            self._kept = self._kept_fds() if session else set()
+        kept = self._kept
         pre_session = {fd for fd, identity in session.items() if fd not in kept and _identity(fd) == identity}
         return tuple(sorted(set(self._close_fds) | pre_session))
 
@@ -239,9 +245,9 @@ def _fileno(obj: Any) -> Optional[int]:
 # --------------------------------------------------------------------------------------------------------
 
 
-def apply_policy_hooks(item: pytest.Item, policy: Policy) -> Policy:
+def apply_policy_hooks(item: pytest.Item, policy: Policy, ihook: Any = None) -> Policy:
     """Chain the ``pytest_sandlock_policy`` implementations: each sees the previous one's result."""
-    hook = item.ihook.pytest_sandlock_policy
+    hook = (ihook or item.ihook).pytest_sandlock_policy
     for impl in reversed(hook.get_hookimpls()):
         if impl.hookwrapper or getattr(impl, "wrapper", False):
             continue
@@ -258,14 +264,14 @@ def apply_policy_hooks(item: pytest.Item, policy: Policy) -> Policy:
 
 
 def compose_policy_fn(
-    item: pytest.Item, marker_fn: Optional[Callable[..., Any]]
+    item: pytest.Item, marker_fn: Optional[Callable[..., Any]], ihook: Any = None
 ) -> Optional[Callable[..., Any]]:
     """One callable for the engine: the marker's policy_fn, then the pytest_sandlock_event hook.
 
     The most restrictive answer wins; an invalid value is returned as is, so that the engine denies the
     syscall and reports the problem. Returns None when there is nothing to consult (the engine's fast path).
     """
-    hook = item.ihook.pytest_sandlock_event
+    hook = (ihook or item.ihook).pytest_sandlock_event
     if not hook.get_hookimpls():
         return marker_fn
 
@@ -429,7 +435,10 @@ class _InterruptGuard:
     message; the session goes on. (A timeout in setup or teardown keeps pytest-timeout's own behaviour.)
     """
 
-    SIGNALS = (signal.SIGALRM, signal.SIGINT)
+    # Plain ints, used with _signal, the C module that signal.signal/getsignal wrap: those turn every
+    # handler into an enum member and back (a ValueError raised and caught per callable handler),
+    # some 40 pages the pytest process writes per test while it shares them with the child.
+    SIGNALS = (int(signal.SIGALRM), int(signal.SIGINT))
     RETRY = 0.05  # seconds: when the child is not confined yet at the alarm, try the kill again
 
     def __init__(self, nodeid: str) -> None:
@@ -452,10 +461,10 @@ class _InterruptGuard:
         listener, while the child runs the test (off the test's path). Before that moment a raising
         handler simply propagates, and the launcher or ``Sandbox._supervise`` kills the tree."""
         for signum in self.SIGNALS:
-            handler = signal.getsignal(signum)
+            handler = _signal.getsignal(signum)
             if callable(handler):
                 self._saved[signum] = handler
-                signal.signal(signum, self._wrap(handler))
+                _signal.signal(signum, self._wrap(handler))
         self._hook_timeout_thread()
 
     def __exit__(self, *exc_info: Any) -> None:
@@ -463,7 +472,7 @@ class _InterruptGuard:
         if self._armed:  # our retry alarm must not reach the restored handler (pytest-timeout's is spent)
             signal.setitimer(signal.ITIMER_REAL, 0)
         for signum, handler in self._saved.items():
-            signal.signal(signum, handler)
+            _signal.signal(signum, handler)
         self._saved.clear()
         if self._timer is not None:
             timer, original = self._timer
@@ -791,7 +800,11 @@ def _child_main(
     failed_counts = config.stash[_FAILED_SUBTESTS_KEY] if _FAILED_SUBTESTS_KEY is not None else None
     failed_before = failed_counts.get(_subtests_key(item), 0) if failed_counts is not None else 0
     _child_reports = (item.nodeid, sub_reports, config)
-    call = pytest.CallInfo.from_call(runtest, when="call", reraise=None)
+    excinfo: Optional[pytest.ExceptionInfo[BaseException]] = None
+    try:  # what CallInfo.from_call does, without its timing objects: pages written after the fork
+        runtest()
+    except BaseException:  # noqa: BLE001 - every outcome crosses back
+        excinfo = pytest.ExceptionInfo.from_current()
     _child_reports = None
     failed_subtests = (
         failed_counts.get(_subtests_key(item), 0) - failed_before if failed_counts is not None else 0
@@ -802,7 +815,7 @@ def _child_main(
     # the outcome here, as pytest's unittest plugin would, so that it crosses back.
     recorded_outcomes = getattr(item, "_excinfo", None)
     if recorded_outcomes:
-        call.excinfo = recorded_outcomes.pop(0)
+        excinfo = recorded_outcomes.pop(0)
     recorded = [w for w in recorder[already:] if isinstance(w, warnings.WarningMessage)]
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -821,7 +834,7 @@ def _child_main(
     marks_added = len(own_markers) != marks_before
     properties_added = len(properties) != properties_before
     sections_added = len(sections) != sections_before
-    if call.excinfo is None and not (
+    if excinfo is None and not (
         coverage_problems
         or recorded
         or denials_read
@@ -852,8 +865,10 @@ def _child_main(
             )
             failed_subtests += bool(report.failed)
     out["failed_subtests"] = failed_subtests
-    if call.excinfo is not None:
-        exc = call.excinfo.value
+    if excinfo is not None:
+        exc = excinfo.value
+        call = pytest.CallInfo.from_call(lambda: None, when="call")  # for the report's longrepr
+        call.excinfo = excinfo
         report = pytest.TestReport.from_item_and_call(item, call)
         data = config.hook.pytest_report_to_serializable(config=config, report=report)
         keep = ("$report_type", "nodeid", "location", "outcome", "longrepr", "when")
@@ -1164,12 +1179,14 @@ def run_call(item: pytest.Item, runtest: Callable[[], None], spec: SandboxSpec, 
     record = CallRecord()
     item.stash[RECORD_KEY] = record
     handle = item.stash.get(FIXTURE_KEY, None)
+    ihook = item.ihook  # a look-up through the conftest modules of the item's path: once
     try:
-        policy = apply_policy_hooks(item, spec.policy)
+        policy = apply_policy_hooks(item, spec.policy, ihook)
     except Exception as exc:
         _fail(f"sandlock: pytest_sandlock_policy failed for {item.nodeid}: {type(exc).__name__}: {exc}")
-    policy_fn = compose_policy_fn(item, spec.policy_fn)
+    policy_fn = compose_policy_fn(item, spec.policy_fn, ihook)
     out: Optional[dict[str, Any]] = None
+    quiet = False  # passed, and printed, logged, warned and added to its item nothing
     problem: Optional[str] = None
     tree_problems: list[str] = []
     coverage = CoverageBridge.for_call(runner)
@@ -1183,7 +1200,8 @@ def run_call(item: pytest.Item, runtest: Callable[[], None], spec: SandboxSpec, 
                 result = sandbox.call(_child_main, item, runtest, coverage, _ChildPrep.of(item))
         finally:
             sandbox.on_launch = None  # the shared Sandbox must not keep this test's guard alive
-        out = result.value if result.value is not None else _quiet_pass()
+        quiet = result.value is None
+        out = _quiet_pass() if quiet else result.value
         record.events = list(result.events)
         tree_problems = result.tree_problems
         for text in [*getattr(result, "internal_errors", ()), *out.get("internal", ())]:
@@ -1209,6 +1227,8 @@ def run_call(item: pytest.Item, runtest: Callable[[], None], spec: SandboxSpec, 
         record.strict_denials = strict.unexpected_denials(record.events)
     if guard.pending is not None:  # pytest-timeout's failure or Ctrl-C, now that the tree is gone
         raise guard.pending
+    if quiet and not tree_problems and not record.strict_denials:
+        return  # the common case: nothing to apply, deliver or report
     if out is None:
         _fail((problem or "sandlock: no outcome") + strict.format_denials(record.events))
         return
