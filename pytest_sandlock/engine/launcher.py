@@ -351,9 +351,9 @@ def launch(
                 os._exit(71)
         os._exit(72)
     # ------------------------------------------------------------------------------------ parent
-    channel.set_client_fds(client_fds)
-    for fd in child_only:
-        os.close(fd)
+    # Only what must precede the acknowledgement comes before it: the child waits for it. Our copy
+    # of its sync end goes first, so that a child dying before it reports reads as EOF.
+    os.close(sync_w)
     pidfd = -1
     try:
         tree.start(root=pid)
@@ -369,6 +369,10 @@ def launch(
                 os.close(fd)
         raise
     finally:
+        channel.set_client_fds(client_fds)
+        for fd in child_only:
+            if fd != sync_w:
+                os.close(fd)
         os.close(sync_r)
         os.close(ack_w)
     return Launched(
