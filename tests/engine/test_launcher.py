@@ -152,3 +152,39 @@ def test_the_target_runs_with_an_unfrozen_collector(monkeypatch: pytest.MonkeyPa
     assert seen == {"freeze_count": 0, "referrers_found": True, "cycle_freed": True}
     assert ref() is not None and holder  # the parent's own copy is untouched
     assert gc.get_freeze_count() == 0
+
+
+CHILD_DIES_EARLY = """
+import os, sys
+from pytest_sandlock.engine import launcher, seccomp_filter
+from pytest_sandlock.engine.errors import SandboxError
+
+# os.fork() (PYTEST_SANDLOCK_OS_FORK=1) runs the at-fork child handlers right after the fork:
+# this one ends the child before it has confined itself or reported anything.
+os.register_at_fork(after_in_child=lambda: os._exit(3))
+conf = launcher.Confinement(ruleset=None, compiled=seccomp_filter.compiled_filter(False))
+try:
+    launcher.launch(conf, lambda fd: os._exit(0))
+except SandboxError as exc:
+    print(exc)
+    sys.exit(0)
+sys.exit("launched")
+"""
+
+
+def test_a_child_dying_before_it_reports_is_seen_at_once(tmp_path) -> None:
+    """The parent's copy of the child's sync end is closed before it waits: the child's death reads as
+    EOF, not as a silence that lasts the hand-off timeout (30 s; the run below gets 20)."""
+    import subprocess
+    import sys
+
+    env = dict(os.environ, PYTEST_SANDLOCK_OS_FORK="1")
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD_DIES_EARLY],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=launcher.HANDOFF_TIMEOUT - 10,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.strip() == "the confined child died before it was confined"
