@@ -478,7 +478,7 @@ class _InterruptGuard:
             timer, original = self._timer
             timer.function = original
             self._timer = None
-        if isinstance(self.pending, pytest.fail.Exception):
+        if self.pending is not None and isinstance(self.pending, pytest.fail.Exception):
             self.pending.pytrace = False  # the pytest-process traceback would only show this guard
 
     def _wrap(self, handler: Callable[..., Any]) -> Callable[[int, Any], None]:
@@ -1152,19 +1152,21 @@ def _rebuild_exception(config: pytest.Config, info: dict[str, Any]) -> tuple[Bas
 
 
 @contextlib.contextmanager
-def _fork_warning_filtered() -> Iterator[None]:
+def _fork_warning_filtered(guard: _InterruptGuard) -> Iterator[_InterruptGuard]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_FORK_WARNING, category=DeprecationWarning)
-        yield
+        with guard:
+            yield guard
 
 
-def _quiet_fork_warning() -> contextlib.AbstractContextManager[None]:
-    """Forking a threaded pytest (xdist workers) is what this plugin does on purpose: silence
-    Python 3.12+'s DeprecationWarning about it. 3.11 has none, and there nothing is entered: the
-    filter costs a test 0.1 ms, and even an empty generator context is pages the parent writes."""
+def _quiet_fork_warning(guard: _InterruptGuard) -> contextlib.AbstractContextManager[_InterruptGuard]:
+    """``guard``, entered with Python 3.12+'s DeprecationWarning about forking a threaded process
+    silenced: forking a threaded pytest (xdist workers) is what this plugin does on purpose. 3.11 has
+    no such warning, and there only the guard is entered: the filter costs a test 0.1 ms, and even an
+    empty context manager is pages the parent writes."""
     if sys.version_info < (3, 12):
-        return contextlib.nullcontext()
-    return _fork_warning_filtered()
+        return guard
+    return _fork_warning_filtered(guard)
 
 
 def _fail(message: str) -> None:
@@ -1196,15 +1198,18 @@ def run_call(item: pytest.Item, runtest: Callable[[], None], spec: SandboxSpec, 
         sandbox.close_fds = runner.close_fds()
         sandbox.on_launch = guard.launched
         try:
-            with _quiet_fork_warning(), guard:
+            with _quiet_fork_warning(guard):
                 result = sandbox.call(_child_main, item, runtest, coverage, _ChildPrep.of(item))
         finally:
             sandbox.on_launch = None  # the shared Sandbox must not keep this test's guard alive
-        quiet = result.value is None
-        out = _quiet_pass() if quiet else result.value
+        out = result.value
+        quiet = out is None
         record.events = list(result.events)
         tree_problems = result.tree_problems
-        for text in [*getattr(result, "internal_errors", ()), *out.get("internal", ())]:
+        for text in [
+            *getattr(result, "internal_errors", ()),
+            *(() if out is None else out.get("internal", ())),
+        ]:
             warnings.warn(pytest.PytestWarning(f"sandlock: {text}"), stacklevel=1)
     except SandboxCrash as crash:
         record.events = list(crash.events)
@@ -1223,12 +1228,14 @@ def run_call(item: pytest.Item, runtest: Callable[[], None], spec: SandboxSpec, 
     if handle is not None:
         handle._set_final_events(record.events)
 
-    if settings.strict and not settings.audit and not (out or {}).get("denials_read"):
+    if record.events and settings.strict and not settings.audit and not (out and out.get("denials_read")):
         record.strict_denials = strict.unexpected_denials(record.events)
     if guard.pending is not None:  # pytest-timeout's failure or Ctrl-C, now that the tree is gone
         raise guard.pending
-    if quiet and not tree_problems and not record.strict_denials:
-        return  # the common case: nothing to apply, deliver or report
+    if quiet:
+        if not tree_problems and not record.strict_denials:
+            return  # the common case: nothing to apply, deliver or report
+        out = _quiet_pass()
     if out is None:
         _fail((problem or "sandlock: no outcome") + strict.format_denials(record.events))
         return

@@ -360,7 +360,7 @@ class Sandbox:
 
         supervisor, outcome = self._supervise(target, framed_result=True)
         events = supervisor.events
-        also = "".join(f"; {problem}" for problem in outcome.tree_problems)  # never dropped
+        also = "".join(f"; {problem}" for problem in outcome.tree_problems) if outcome.tree_problems else ""
         if outcome.timed_out:
             raise SandboxCrash(f"timeout after {self._timeout_text()}{also}", events)
         data = outcome.result
