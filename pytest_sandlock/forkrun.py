@@ -606,9 +606,14 @@ class _ChildPrep:
     log_stream: Optional[io.StringIO]
     handle: Any
     recorder: list[Any]
+    # pytest.Function.runtest is ``self.ihook.pytest_pyfunc_call(pyfuncitem=self)``: the hook, looked
+    # up here, spares the child the look-up through the conftest modules of the item's path.
+    pyfunc_call: Optional[Callable[..., Any]] = None
 
     @classmethod
-    def of(cls, item: pytest.Item) -> _ChildPrep:
+    def of(
+        cls, item: pytest.Item, runtest: Optional[Callable[[], None]] = None, ihook: Any = None
+    ) -> _ChildPrep:
         # Warnings go where they would go in the pytest process: to the innermost recorder
         # (pytest's own, per test, or ``recwarn``'s, which the test may read). What was added to
         # it travels back.
@@ -618,6 +623,12 @@ class _ChildPrep:
             log_stream=_report_handler_stream(item.config),
             handle=item.stash.get(FIXTURE_KEY, None),
             recorder=sink if isinstance(sink, list) else [],
+            pyfunc_call=(
+                (ihook or item.ihook).pytest_pyfunc_call
+                if getattr(runtest, "__func__", None) is pytest.Function.runtest
+                and getattr(runtest, "__self__", None) is item
+                else None
+            ),
         )
 
 
@@ -802,7 +813,10 @@ def _child_main(
     _child_reports = (item.nodeid, sub_reports, config)
     excinfo: Optional[pytest.ExceptionInfo[BaseException]] = None
     try:  # what CallInfo.from_call does, without its timing objects: pages written after the fork
-        runtest()
+        if prep.pyfunc_call is not None:
+            prep.pyfunc_call(pyfuncitem=item)  # runtest(), as pytest.Function has it
+        else:
+            runtest()
     except BaseException:  # noqa: BLE001 - every outcome crosses back
         excinfo = pytest.ExceptionInfo.from_current()
     _child_reports = None
@@ -1199,7 +1213,9 @@ def run_call(item: pytest.Item, runtest: Callable[[], None], spec: SandboxSpec, 
         sandbox.on_launch = guard.launched
         try:
             with _quiet_fork_warning(guard):
-                result = sandbox.call(_child_main, item, runtest, coverage, _ChildPrep.of(item))
+                result = sandbox.call(
+                    _child_main, item, runtest, coverage, _ChildPrep.of(item, runtest, ihook)
+                )
         finally:
             sandbox.on_launch = None  # the shared Sandbox must not keep this test's guard alive
         out = result.value

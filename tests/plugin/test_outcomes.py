@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from xml.etree import ElementTree
 
 import pytest
@@ -719,3 +720,51 @@ def test_a_writable_directory_in_the_marker_is_made_when_written_as_one(pytester
         assert not os.path.exists(f"{base}/out")
     finally:
         shutil.rmtree(base, ignore_errors=True)
+
+
+def test_how_the_call_runs_is_pytests(pytester):
+    """The child calls the test as pytest would. A plain test function goes through the
+    pytest_pyfunc_call hook (a conftest wrapper sees it, in the child); an item class with a runtest of
+    its own (here a Function subclass, like unittest's) has that runtest called."""
+    pytester.makeconftest(
+        """
+        import os, pytest
+
+        @pytest.hookimpl(wrapper=True)
+        def pytest_pyfunc_call(pyfuncitem):
+            pyfuncitem.add_report_section("call", "wrapper", f"wrapped in {os.getpid()}")
+            return (yield)
+
+        class OwnRuntest(pytest.Function):
+            def runtest(self):
+                self.add_report_section("call", "own", f"own runtest in {os.getpid()}")
+                super().runtest()
+
+        def pytest_pycollect_makeitem(collector, name, obj):
+            if name == "test_own":
+                return [OwnRuntest.from_parent(collector, name=name, callobj=obj)]
+        """
+    )
+    pytester.makepyfile(
+        """
+        import os, pytest
+
+        @pytest.mark.sandbox
+        def test_plain():
+            assert False, f"plain in {os.getpid()}"
+
+        @pytest.mark.sandbox
+        def test_own():
+            assert False, f"own in {os.getpid()}"
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
+    result.assert_outcomes(failed=2)
+    out = result.stdout.str()
+    pids = {name: re.findall(rf"AssertionError: {name} in (\d+)", out) for name in ("plain", "own")}
+    assert len(pids["plain"]) == 1 and len(pids["own"]) == 1, pids
+    plain, own = pids["plain"][0], pids["own"][0]
+    assert plain != own and str(os.getpid()) not in (plain, own)  # two children, neither this process
+    # The hook wrapper ran in each child; the item's own runtest in its child, once.
+    assert sorted(re.findall(r"wrapped in (\d+)", out)) == sorted([plain, own])
+    assert re.findall(r"own runtest in (\d+)", out) == [own]
