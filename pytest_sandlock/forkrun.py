@@ -609,6 +609,9 @@ class _ChildPrep:
     # pytest.Function.runtest is ``self.ihook.pytest_pyfunc_call(pyfuncitem=self)``: the hook, looked
     # up here, spares the child the look-up through the conftest modules of the item's path.
     pyfunc_call: Optional[Callable[..., Any]] = None
+    nodeid: str = ""
+    failed_counts: Optional[dict[Any, int]] = None  # the subtests plugin's failed-subtest counts
+    subtests_key: Any = None  # this item's key there
 
     @classmethod
     def of(
@@ -629,6 +632,11 @@ class _ChildPrep:
                 and getattr(runtest, "__self__", None) is item
                 else None
             ),
+            nodeid=item.nodeid,
+            failed_counts=item.config.stash[_FAILED_SUBTESTS_KEY]
+            if _FAILED_SUBTESTS_KEY is not None
+            else None,
+            subtests_key=_subtests_key(item),
         )
 
 
@@ -808,9 +816,10 @@ def _child_main(
     sections_before = len(sections)
     global _child_reports
     sub_reports: list[Any] = []
-    failed_counts = config.stash[_FAILED_SUBTESTS_KEY] if _FAILED_SUBTESTS_KEY is not None else None
-    failed_before = failed_counts.get(_subtests_key(item), 0) if failed_counts is not None else 0
-    _child_reports = (item.nodeid, sub_reports, config)
+    failed_counts = prep.failed_counts
+    subtests_key = prep.subtests_key
+    failed_before = failed_counts.get(subtests_key, 0) if failed_counts is not None else 0
+    _child_reports = (prep.nodeid, sub_reports, config)
     excinfo: Optional[pytest.ExceptionInfo[BaseException]] = None
     try:  # what CallInfo.from_call does, without its timing objects: pages written after the fork
         if prep.pyfunc_call is not None:
@@ -820,9 +829,7 @@ def _child_main(
     except BaseException:  # noqa: BLE001 - every outcome crosses back
         excinfo = pytest.ExceptionInfo.from_current()
     _child_reports = None
-    failed_subtests = (
-        failed_counts.get(_subtests_key(item), 0) - failed_before if failed_counts is not None else 0
-    )
+    failed_subtests = failed_counts.get(subtests_key, 0) - failed_before if failed_counts is not None else 0
     # A unittest.TestCase's runtest raises nothing: unittest hands failures, errors, skips and
     # expected failures to the item (addFailure & co.), which keeps them in _excinfo for pytest's
     # makereport to pop. That happens in the pytest process, on its own copy of the item: take
