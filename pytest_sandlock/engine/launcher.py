@@ -56,6 +56,11 @@ _SIGKILL = int(signal.SIGKILL)  # a plain int: the child touches no enum object 
 HANDOFF_TIMEOUT = 30.0
 HANDOFF_SPIN = 0.001  # seconds the parent polls for the listener before sleeping
 
+# The child calls getppid() right after the fork, and nothing in this process may have called it yet:
+# the dynamic linker would then resolve the symbol (lazy binding) in every child, about ten page
+# faults on the way to its confinement. Called once here, the child inherits the resolved entry.
+os.getppid()
+
 
 @dataclass
 class Confinement:
