@@ -116,10 +116,21 @@ class Runner:
             if len(self._sandboxes) >= 64:  # per-test callables (event hooks) must not pile up
                 self._sandboxes.clear()
             sandbox = Sandbox(
-                policy, policy_fn, audit=self.settings.audit, extra_fs_write=self.extra_writable()
+                policy,
+                policy_fn,
+                audit=self.settings.audit,
+                extra_fs_write=self.extra_writable(),
+                retire_fds=True,  # closed while the next test's child confines itself (see release)
             )
             self._sandboxes[key] = sandbox
         return sandbox
+
+    @staticmethod
+    def release() -> None:
+        """Close what the last sandboxed run left to the next one (``Sandbox(retire_fds=True)``)."""
+        launcher = sys.modules.get("pytest_sandlock.engine.launcher")  # never imported: nothing to do
+        if launcher is not None:
+            launcher.close_retired()
 
     def coverage_staging(self) -> str:
         """A directory the child may write (under the system temp dir) for coverage data files."""

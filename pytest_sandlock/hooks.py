@@ -113,6 +113,13 @@ class SandlockSession:
         if invalid is not None:
             pytest.fail(f"pytest-sandlock usage error: {invalid}", pytrace=False)
 
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtestloop(self, session: pytest.Session) -> Generator[None, object, object]:
+        try:
+            return (yield)
+        finally:
+            self.runner.release()  # the last sandboxed test's descriptors (see Runner.release)
+
     # -- per test -------------------------------------------------------------------------------------
 
     @pytest.hookimpl(wrapper=True)

@@ -173,9 +173,13 @@ class Sandbox:
         close_fds: Iterable[int] = (),
         extra_fs_write: Iterable[str] = (),
         on_launch: Optional[Callable[[int], None]] = None,
+        retire_fds: bool = False,
     ) -> None:
         self.policy = policy if policy is not None else Policy()
         self.on_launch = on_launch  # told the root pid of each run, once the parent holds its listener
+        # A run's descriptors closed by the next run instead of at its end (launcher.close_launched):
+        # for callers that run many in a row and want each to end as soon as its result is in.
+        self.retire_fds = retire_fds
         self.policy_fn = policy_fn
         self.audit = audit
         self.close_fds = tuple(close_fds)
@@ -304,7 +308,7 @@ class Sandbox:
         finally:
             if supervisor is None:
                 launched.tree.kill_all()
-            close_launched(launched)
+            close_launched(launched, retire=self.retire_fds)
             launched.channel.bind(None)  # break supervisor <-> channel and ctx <-> closure cycles
             if ctx is not None:
                 ctx.set_on_change(None)

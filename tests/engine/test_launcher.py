@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from pytest_sandlock.engine import channel, landlock, launcher, seccomp_filter
+from pytest_sandlock.engine import channel, landlock, launcher, proctree, seccomp_filter
 from pytest_sandlock.engine.errors import KernelFeatureError, SandboxError
 from pytest_sandlock.engine.policy import Policy
 from pytest_sandlock.engine.sandbox import Sandbox
@@ -188,3 +188,44 @@ def test_a_child_dying_before_it_reports_is_seen_at_once(tmp_path) -> None:
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.strip() == "the confined child died before it was confined"
+
+
+def _listeners_held() -> list[int]:
+    """This process's descriptors that are seccomp listeners."""
+    held = []
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{name}") == "anon_inode:seccomp notify":
+                held.append(int(name))
+        except OSError:
+            pass
+    return held
+
+
+def test_retired_descriptors_are_closed_by_the_next_run_and_never_reach_its_child() -> None:
+    """Sandbox(retire_fds=True) leaves a finished run's descriptors to the next launch. The next
+    child, which inherits them at the fork, closes its copies before it runs its target: it holds no
+    seccomp listener at all (neither its own nor the previous run's)."""
+    launcher.close_retired()
+    box = Sandbox(Policy(), retire_fds=True)
+    assert box.call(int).value == 0
+    first = list(launcher._retired)
+    assert len(first) == 5  # pidfd, result pipe, listener, the two live-policy pipes
+    # Control: the pytest-side copy of the first run's listener is still open when the next child forks.
+    assert [fd for fd in _listeners_held() if fd in first]
+    assert box.call(_listeners_held).value == []
+    assert not set(first) & set(launcher._retired)  # closed by the second launch
+    assert not [fd for fd in _listeners_held() if fd in first]
+    launcher.close_retired()
+    assert launcher._retired == [] and not _listeners_held()
+
+
+def test_without_retiring_a_run_closes_its_descriptors_at_its_end() -> None:
+    launcher.close_retired()
+    before = set(os.listdir("/proc/self/fd"))
+    assert Sandbox(Policy()).call(int).value == 0
+    assert launcher._retired == []
+    assert not _listeners_held()
+    assert set(os.listdir("/proc/self/fd")) - before <= {  # cached per process: ruleset, children file
+        str(fd) for fd in (*landlock.cached_fds(), *proctree.kept_fds())
+    }

@@ -45,3 +45,43 @@ def test_pre_session_descriptors_closed_fixture_ones_kept(pytester: pytest.Pytes
     result.assert_outcomes(passed=2)
     assert (pytester.path / "early.txt").read_bytes() == b"control"
     assert (pytester.path / "late.txt").read_bytes() == b"fixture-handed"
+
+
+def test_no_seccomp_listener_reaches_a_test_or_outlives_the_run(pytester: pytest.Pytester) -> None:
+    """Each sandboxed test's run leaves its descriptors to the next one (closed while that child
+    confines itself): no test, sandboxed or not, sees a listener, and none is left once the tests ran."""
+    pytester.makeconftest(
+        """
+        import os
+
+        def listeners():
+            held = []
+            for name in os.listdir("/proc/self/fd"):
+                try:
+                    if os.readlink(f"/proc/self/fd/{name}") == "anon_inode:seccomp notify":
+                        held.append(name)
+                except OSError:
+                    pass
+            return held
+
+        def pytest_sessionfinish(session):
+            print(f"listeners at the end: {listeners()}")
+        """
+    )
+    pytester.makepyfile(
+        """
+        import pytest
+        from conftest import listeners
+
+        @pytest.mark.sandbox
+        @pytest.mark.parametrize("i", range(3))
+        def test_sandboxed(i):
+            assert listeners() == []
+
+        def test_plain_after_a_sandboxed_one():
+            assert len(listeners()) == 1  # the last sandboxed run's, closed by the next launch or at the end
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-s", "-p", "no:randomly")
+    result.assert_outcomes(passed=4)
+    assert "listeners at the end: []" in result.stdout.str()
