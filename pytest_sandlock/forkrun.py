@@ -623,6 +623,7 @@ class _ChildPrep:
     nodeid: str = ""
     failed_counts: Optional[dict[Any, int]] = None  # the subtests plugin's failed-subtest counts
     subtests_key: Any = None  # this item's key there
+    suite_properties: Optional[list[Any]] = None  # record_testsuite_property's list (--junit-xml)
 
     @classmethod
     def of(
@@ -648,6 +649,7 @@ class _ChildPrep:
             if _FAILED_SUBTESTS_KEY is not None
             else None,
             subtests_key=_subtests_key(item),
+            suite_properties=_suite_properties(item.config),
         )
 
 
@@ -784,6 +786,26 @@ def _failed_subtests_key() -> Any:
 _FAILED_SUBTESTS_KEY = _failed_subtests_key()  # looked up once, not in every child
 
 
+def _junitxml_key() -> Any:
+    """Where pytest keeps its --junit-xml writer, whose ``global_properties`` list collects what
+    ``record_testsuite_property`` records; None if that cannot be found."""
+    try:
+        from _pytest.junitxml import xml_key
+    except ImportError:
+        return None
+    return xml_key
+
+
+_JUNITXML_KEY = _junitxml_key()
+
+
+def _suite_properties(config: pytest.Config) -> Optional[list[Any]]:
+    """The --junit-xml writer's list of ``record_testsuite_property`` entries, if it writes one."""
+    xml = config.stash.get(_JUNITXML_KEY, None) if _JUNITXML_KEY is not None else None
+    found = getattr(xml, "global_properties", None)
+    return found if isinstance(found, list) else None
+
+
 def _subtests_key(item: pytest.Item) -> Any:
     """How pytest's subtests plugin keys an item's failed-subtest count: its ``id`` (a NodeId, pytest
     9.2+), else its node id string."""
@@ -825,6 +847,8 @@ def _child_main(
     properties_before = len(properties)
     sections = item._report_sections  # add_report_section: shown with the test's report
     sections_before = len(sections)
+    suite_properties = prep.suite_properties
+    suite_before = len(suite_properties) if suite_properties is not None else 0
     global _child_reports
     sub_reports: list[Any] = []
     failed_counts = prep.failed_counts
@@ -866,6 +890,7 @@ def _child_main(
     marks_added = len(own_markers) != marks_before
     properties_added = len(properties) != properties_before
     sections_added = len(sections) != sections_before
+    suite_added = suite_properties is not None and len(suite_properties) != suite_before
     if excinfo is None and not (
         coverage_problems
         or recorded
@@ -875,6 +900,7 @@ def _child_main(
         or marks_added
         or properties_added
         or sections_added
+        or suite_added
         or sub_reports
         or failed_subtests
     ):
@@ -884,6 +910,9 @@ def _child_main(
     if marks_added:
         out["marks"] = _added_marks(item.nodeid, own_markers, marks_before, first_mark, out["internal"])
     out["user_properties"] = [_portable_property(p) for p in properties[properties_before:]]
+    # (name, escaped text) pairs, as junitxml's add_global_property stores them
+    added_to_suite = suite_properties[suite_before:] if suite_properties is not None else []
+    out["suite_properties"] = [list(p) for p in added_to_suite]
     out["report_sections"] = [
         tuple(_safe_str(part) for part in entry) for entry in sections[sections_before:]
     ]
@@ -939,6 +968,7 @@ def _quiet_pass() -> dict[str, Any]:
         "warnings": [],
         "marks": [],
         "user_properties": [],
+        "suite_properties": [],
         "report_sections": [],
         "sub_reports": [],
         "failed_subtests": 0,
@@ -1105,7 +1135,8 @@ def _apply_item_changes(item: pytest.Item, out: dict[str, Any]) -> None:
     """Apply to the pytest process's item the marks, ``user_properties`` and report sections the
     test added to its copy in the child, before the outcome is raised: pytest's skipping plugin
     re-evaluates xfail marks after the call, and the report copies ``user_properties`` (junitxml)
-    and the sections (shown with a failure, or with -rA).
+    and the sections (shown with a failure, or with -rA). ``record_testsuite_property`` entries go
+    to the pytest process's --junit-xml writer.
 
     Mark arguments are restored with the same unpickler as exceptions (builtin data, exception
     classes such as xfail's ``raises``): a mark holding anything else is reported, not applied.
@@ -1148,6 +1179,14 @@ def _apply_item_changes(item: pytest.Item, out: dict[str, Any]) -> None:
     for entry in out.get("report_sections", ()):
         if isinstance(entry, (list, tuple)) and len(entry) == 3 and all(isinstance(p, str) for p in entry):
             item.add_report_section(*entry)
+    suite_properties = _suite_properties(item.config)
+    for entry in out.get("suite_properties", ()):  # the child's data: two strings, else nothing
+        if (
+            suite_properties is not None
+            and isinstance(entry, list)
+            and [type(p) for p in entry] == [str, str]
+        ):
+            suite_properties.append((entry[0], entry[1]))
     config = item.config
     capture = config.pluginmanager.getplugin("capturemanager")
     for data in out.get("sub_reports", ()):
@@ -1275,7 +1314,14 @@ def run_call(item: pytest.Item, runtest: Callable[[], None], spec: SandboxSpec, 
         return
     if any(
         out.get(key)
-        for key in ("marks", "user_properties", "report_sections", "sub_reports", "failed_subtests")
+        for key in (
+            "marks",
+            "user_properties",
+            "suite_properties",
+            "report_sections",
+            "sub_reports",
+            "failed_subtests",
+        )
     ):
         _apply_item_changes(item, out)
     _deliver_outputs(item.config, out)

@@ -547,6 +547,41 @@ def test_recorded_properties_reach_junitxml(pytester, mode):
     }
 
 
+SUITE_PROPERTIES = """
+import pytest
+
+def test_records_for_the_suite(record_testsuite_property):
+    record_testsuite_property("ARCH", "x86_64")
+    record_testsuite_property("count", 3)
+
+def test_records_then_fails(record_testsuite_property):
+    record_testsuite_property("escaped", "a < b & \\x07")
+    assert False
+"""
+
+
+def test_suite_properties_reach_junitxml(pytester):
+    """record_testsuite_property in a sandboxed test writes to the child's copy of the --junit-xml
+    writer: what it recorded is carried back, and the XML lists the same properties, in the same
+    order, as a run without the sandbox (the control)."""
+    pytester.makepyfile(test_inner=SUITE_PROPERTIES)
+
+    def suite_properties(*args: str) -> list[tuple[str, str]]:
+        xml = pytester.path / "out.xml"
+        result = pytester.runpytest_subprocess("-p", "no:cacheprovider", f"--junitxml={xml}", *args)
+        result.assert_outcomes(passed=1, failed=1)
+        root = ElementTree.parse(xml).getroot()
+        suite = root if root.tag == "testsuite" else root.find("testsuite")
+        assert suite is not None
+        found = suite.find("properties")
+        return [(p.get("name"), p.get("value")) for p in found.iter("property")] if found is not None else []
+
+    sandboxed = suite_properties("--sandlock-strict")
+    control = suite_properties("-p", "no:sandlock")
+    assert sandboxed == control
+    assert [name for name, _ in control] == ["ARCH", "count", "escaped"]
+
+
 REPORT_SECTIONS = """
 import pytest
 
