@@ -6,6 +6,7 @@
    pytest-forked (installed once into a virtualenv that sees this pytest) as a reference row;
 2. ``bench_engine.py``: the engine alone (connect, /bin/true, file writes, ``Sandbox.call``);
    ``bench_machine.py``: what a write fault after a fork costs here (copy vs reuse);
+   ``bench_faults.py``: page faults per test of the pytest process and of the children;
 3. ``bench_vs_sandlock.py``: supervised connect and launch against the sandlock wheel. The wheel is
    installed (once) into a virtualenv under ``~/.cache/pytest-sandlock-bench``. Where a reference
    is not installable (no network, another architecture), its table runs without it and says why.
@@ -84,6 +85,8 @@ def main() -> None:
     failed |= _run("pytest runs (the six measurements)", plugin)
     failed |= _run("engine", [os.path.join(HERE, "bench_engine.py"), "--rounds", engine_rounds])
     failed |= _run("the machine: page faults after a fork", [os.path.join(HERE, "bench_machine.py")])
+    faults = [os.path.join(HERE, "bench_faults.py"), "--runs", "1" if args.quick else "3"]
+    failed |= _run("page faults per test", faults)
     vs = [os.path.join(HERE, "bench_vs_sandlock.py"), "--rounds", engine_rounds]
     if not args.no_references:
         vs += _reference_args("--sandlock-python", f"sandlock=={SANDLOCK_VERSION}", "sandlock", False)
