@@ -489,6 +489,7 @@ class _InterruptGuard:
             timer, original = self._timer
             timer.function = original
             self._timer = None
+        # None first: pytest.fail.Exception is three look-ups, pages written in every test's end.
         if self.pending is not None and isinstance(self.pending, pytest.fail.Exception):
             self.pending.pytrace = False  # the pytest-process traceback would only show this guard
 
