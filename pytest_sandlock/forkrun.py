@@ -938,6 +938,14 @@ def _child_main(
             "outcome": _outcome_exception(exc),
             "pickled": _try_pickle(exc),
             "type": f"{type(exc).__module__}.{type(exc).__qualname__}",
+            # For an exception that does not pickle back (an __init__ that takes other arguments than
+            # its args, an attribute that does not pickle): its class, args and attributes, each
+            # sent on its own, so that the pytest process can still raise one of its class.
+            "class": [type(exc).__module__, type(exc).__qualname__],
+            "args": _try_pickle(exc.args),
+            "state": {
+                k: _try_pickle(v) for k, v in getattr(exc, "__dict__", {}).items() if isinstance(k, str)
+            },
             "text": _safe_str(exc),
             "report": {k: data[k] for k in keep if k in data} | {"keywords": {}, "sections": []},
         }
@@ -1109,15 +1117,50 @@ class _ExceptionUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in self._BUILTIN_DATA:
             return super().find_class(module, name)
-        obj: Any = sys.modules.get(module)
-        for part in name.split("."):
-            if obj is None or part.startswith("__"):
-                obj = None
-                break
-            obj = getattr(obj, part, None)
-        if isinstance(obj, type) and issubclass(obj, BaseException):
-            return obj
-        raise pickle.UnpicklingError(f"{module}.{name} is not an exception class")
+        found = _known_exception_class(module, name)
+        if found is None:
+            raise pickle.UnpicklingError(f"{module}.{name} is not an exception class")
+        return found
+
+
+def _known_exception_class(module: str, name: str) -> Optional[type[BaseException]]:
+    """The exception (or warning) class ``module.name``, if this process has imported it already."""
+    obj: Any = sys.modules.get(module)
+    for part in name.split("."):
+        if obj is None or part.startswith("__"):
+            return None
+        obj = getattr(obj, part, None)
+    return obj if isinstance(obj, type) and issubclass(obj, BaseException) else None
+
+
+def _same_class_stand_in(info: dict[str, Any]) -> Optional[BaseException]:
+    """An exception of the child's exception's class, for one that does not pickle back: made by the
+    class's ``__new__`` (its ``__init__`` may want other arguments; the unpickler would call both),
+    given the child's ``args`` and what of its attributes is plain data. xfail(raises=...) and
+    ``except`` clauses in hooks then see the class the test raised, not a stand-in of another."""
+    names = info.get("class")
+    if not (isinstance(names, list) and len(names) == 2 and all(isinstance(n, str) for n in names)):
+        return None
+    cls = _known_exception_class(names[0], names[1])
+    if cls is None:
+        return None
+    args = _try_unpickle(info.get("args"), _UNRESTORED)
+    if not isinstance(args, tuple):
+        args = (info.get("text", ""),)
+    try:
+        exc = cls.__new__(cls, *args)
+        exc.args = args
+    except Exception:  # noqa: BLE001 - a __new__ of its own that wants something else: give up
+        return None
+    state = info.get("state")
+    for key, pickled in state.items() if isinstance(state, dict) else ():
+        value = _try_unpickle(pickled, _UNRESTORED)  # each attribute alone: one lock loses only itself
+        if isinstance(key, str) and value is not _UNRESTORED:
+            try:
+                object.__setattr__(exc, key, value)
+            except Exception:  # noqa: BLE001 - a slot or a read-only attribute: left out
+                pass
+    return exc
 
 
 _UNRESTORED = object()
@@ -1217,6 +1260,8 @@ def _apply_item_changes(item: pytest.Item, out: dict[str, Any]) -> None:
 def _rebuild_exception(config: pytest.Config, info: dict[str, Any]) -> tuple[BaseException, Any]:
     outcome = info.get("outcome")
     exc = _rebuild_outcome(outcome) if isinstance(outcome, dict) else _try_unpickle(info["pickled"])
+    if not isinstance(exc, BaseException) and not isinstance(outcome, dict):
+        exc = _same_class_stand_in(info)
     if not isinstance(exc, BaseException):
         exc = SandboxedTestError(f"{info['type']}: {info['text']}")
     report = config.hook.pytest_report_from_serializable(config=config, data=info["report"])

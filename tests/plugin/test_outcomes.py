@@ -547,6 +547,73 @@ def test_recorded_properties_reach_junitxml(pytester, mode):
     }
 
 
+UNPICKLABLE_EXCEPTIONS = """
+import threading
+import pytest
+
+class NoArgError(AttributeError):
+    def __init__(self):
+        super().__init__("can't set attribute")
+
+class KwOnlyError(ValueError):
+    def __init__(self, *, code):
+        super().__init__(f"code {code}")
+        self.code = code
+
+class LockedError(ValueError):
+    def __init__(self, msg):
+        super().__init__(msg)
+        self.lock = threading.Lock()  # does not pickle
+        self.detail = "kept"
+
+@pytest.mark.xfail(raises=NoArgError, strict=True)
+def test_no_arg_init():
+    raise NoArgError()
+
+@pytest.mark.xfail(raises=KwOnlyError, strict=True)
+def test_keyword_only_init():
+    raise KwOnlyError(code=3)
+
+@pytest.mark.xfail(raises=LockedError, strict=True)
+def test_attribute_that_does_not_pickle():
+    raise LockedError("x")
+
+@pytest.mark.xfail(raises=ValueError, strict=True)
+def test_subclass_of_raises():
+    raise KwOnlyError(code=4)
+
+@pytest.mark.xfail(raises=KeyError, strict=True)
+def test_other_class_still_fails():
+    raise KwOnlyError(code=5)
+
+def test_fails_with_its_class():
+    raise LockedError("shown as itself")
+"""
+
+
+def test_exceptions_that_do_not_pickle_back_keep_their_class(pytester):
+    """An exception whose __init__ takes other arguments than its args, or with an attribute that does
+    not pickle, is raised in the pytest process as one of its own class (made without its __init__),
+    with its args and plain attributes: xfail(raises=...) matches it as without the sandbox (attrs'
+    FrozenAttributeError was reported as a failure)."""
+    pytester.makeconftest(
+        """
+        def pytest_exception_interact(node, call, report):
+            exc = call.excinfo.value
+            print(f"INTERACT {type(exc).__name__} {exc.args!r} {getattr(exc, 'detail', None)}")
+        """
+    )
+    pytester.makepyfile(test_inner=UNPICKLABLE_EXCEPTIONS)
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--sandlock-strict", "-s")
+    control = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:sandlock", "-s")
+    for run in (result, control):
+        run.assert_outcomes(xfailed=4, failed=2)
+    interact = re.findall(r"INTERACT [^\n]*", result.stdout.str())
+    assert interact == re.findall(r"INTERACT [^\n]*", control.stdout.str())
+    assert "INTERACT LockedError ('shown as itself',) kept" in interact
+    result.stdout.fnmatch_lines(["E   *LockedError: shown as itself"])
+
+
 SUITE_PROPERTIES = """
 import pytest
 
