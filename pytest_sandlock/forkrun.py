@@ -608,6 +608,21 @@ def _try_pickle(obj: object) -> Optional[bytes]:
         return None
 
 
+def _exception_data(exc: BaseException) -> dict[str, Any]:
+    """An exception as plain data for the pytest process (see ``_rebuild_exception_value``)."""
+    return {
+        "pickled": _try_pickle(exc),
+        "type": f"{type(exc).__module__}.{type(exc).__qualname__}",
+        "text": _safe_str(exc),
+        # For an exception that does not pickle back (an __init__ that takes other arguments than
+        # its args, an attribute that does not pickle): its class, args and attributes, each sent on
+        # its own, so that the pytest process can still make one of its class.
+        "class": [type(exc).__module__, type(exc).__qualname__],
+        "args": _try_pickle(exc.args),
+        "state": {k: _try_pickle(v) for k, v in getattr(exc, "__dict__", {}).items() if isinstance(k, str)},
+    }
+
+
 @dataclass
 class _ChildPrep:
     """What the child needs from pytest's state, looked up in the pytest process before the fork
@@ -625,6 +640,8 @@ class _ChildPrep:
     failed_counts: Optional[dict[Any, int]] = None  # the subtests plugin's failed-subtest counts
     subtests_key: Any = None  # this item's key there
     suite_properties: Optional[list[Any]] = None  # record_testsuite_property's list (--junit-xml)
+    uncaught_kinds: tuple[str, ...] = ()  # pytest's queues of uncaught exceptions, and their kinds
+    uncaught_queues: tuple[Any, ...] = ()
 
     @classmethod
     def of(
@@ -634,6 +651,7 @@ class _ChildPrep:
         # (pytest's own, per test, or ``recwarn``'s, which the test may read). What was added to
         # it travels back.
         sink = getattr(getattr(warnings, "_showwarnmsg_impl", None), "__self__", None)
+        suite_properties, uncaught_kinds, uncaught_queues = _session_prep(item.config)
         return cls(
             captures=_memory_captures(item.config),
             log_stream=_report_handler_stream(item.config),
@@ -650,7 +668,9 @@ class _ChildPrep:
             if _FAILED_SUBTESTS_KEY is not None
             else None,
             subtests_key=_subtests_key(item),
-            suite_properties=_suite_properties(item.config),
+            suite_properties=suite_properties,
+            uncaught_kinds=uncaught_kinds,
+            uncaught_queues=uncaught_queues,
         )
 
 
@@ -800,6 +820,83 @@ def _junitxml_key() -> Any:
 _JUNITXML_KEY = _junitxml_key()
 
 
+def _uncaught_collectors() -> dict[str, tuple[Any, Any]]:
+    """pytest's (8.4+) queues of exceptions no test can catch, by kind: raised in a finalizer such as
+    ``__del__`` (``sys.unraisablehook``) and in a thread (``threading.excepthook``). Each kind's
+    (stash key of the queue, record class); pytest warns about what is queued after each test phase,
+    in the pytest process. Kinds this pytest does not have are left out."""
+    found: dict[str, tuple[Any, Any]] = {}
+    try:
+        from _pytest.unraisableexception import UnraisableMeta, unraisable_exceptions
+
+        found["unraisable"] = (unraisable_exceptions, UnraisableMeta)
+    except ImportError:
+        pass
+    try:
+        from _pytest.threadexception import ThreadExceptionMeta, thread_exceptions
+
+        found["thread"] = (thread_exceptions, ThreadExceptionMeta)
+    except ImportError:
+        pass
+    return found
+
+
+_UNCAUGHT = _uncaught_collectors()
+
+
+def _uncaught_queues(config: pytest.Config) -> tuple[tuple[str, ...], tuple[Any, ...]]:
+    """The kinds and pytest's queues for them in this session (both made at configure)."""
+    found = [(kind, config.stash.get(key, None)) for kind, (key, _) in _UNCAUGHT.items()]
+    found = [(kind, queue) for kind, queue in found if queue is not None]
+    return tuple(kind for kind, _ in found), tuple(queue for _, queue in found)
+
+
+# What the child needs from the session, looked up once per session (see _ChildPrep.of).
+_SESSION_PREP_KEY = pytest.StashKey[tuple[Optional[list[Any]], tuple[str, ...], tuple[Any, ...]]]()
+
+
+def _session_prep(config: pytest.Config) -> tuple[Optional[list[Any]], tuple[str, ...], tuple[Any, ...]]:
+    """(record_testsuite_property's list, the uncaught-exception kinds and their queues)."""
+    found = config.stash.get(_SESSION_PREP_KEY, None)
+    if found is None:
+        found = (_suite_properties(config), *_uncaught_queues(config))
+        config.stash[_SESSION_PREP_KEY] = found
+    return found
+
+
+def _uncaught_data(entry: Any) -> dict[str, Any]:
+    """One queued record (or the hook's own failure, an exception) as plain data."""
+    if isinstance(entry, BaseException):
+        return {"error": _exception_data(entry)}
+    exc = getattr(entry, "exc_value", None)
+    return {
+        "msg": _safe_str(getattr(entry, "msg", "")),
+        "cause_msg": _safe_str(getattr(entry, "cause_msg", "")),
+        "exc": _exception_data(exc) if isinstance(exc, BaseException) else None,
+    }
+
+
+def _queue_uncaught(config: pytest.Config, uncaught: Any) -> None:
+    """Queue in the pytest process what the child's test left in its copies of pytest's queues: pytest
+    then warns about it after the call phase (or fails the test under -W error), as without the sandbox."""
+    for kind, entries in uncaught.items() if isinstance(uncaught, dict) else ():
+        key, record = _UNCAUGHT.get(kind, (None, None))
+        queue = config.stash.get(key, None) if key is not None else None
+        if queue is None or not isinstance(entries, list):
+            continue
+        for entry in entries:
+            if not isinstance(entry, dict):
+                continue
+            if isinstance(entry.get("error"), dict):
+                error = _rebuild_exception_value(entry["error"])
+                queue.append(error or RuntimeError(str(entry["error"].get("text", ""))))
+                continue
+            exc = _rebuild_exception_value(entry["exc"]) if isinstance(entry.get("exc"), dict) else None
+            queue.append(
+                record(msg=str(entry.get("msg")), cause_msg=str(entry.get("cause_msg")), exc_value=exc)
+            )
+
+
 def _suite_properties(config: pytest.Config) -> Optional[list[Any]]:
     """The --junit-xml writer's list of ``record_testsuite_property`` entries, if it writes one."""
     xml = config.stash.get(_JUNITXML_KEY, None) if _JUNITXML_KEY is not None else None
@@ -850,6 +947,7 @@ def _child_main(
     sections_before = len(sections)
     suite_properties = prep.suite_properties
     suite_before = len(suite_properties) if suite_properties is not None else 0
+    uncaught_before = tuple(map(len, prep.uncaught_queues))  # no function objects: pages to copy
     global _child_reports
     sub_reports: list[Any] = []
     failed_counts = prep.failed_counts
@@ -892,6 +990,7 @@ def _child_main(
     properties_added = len(properties) != properties_before
     sections_added = len(sections) != sections_before
     suite_added = suite_properties is not None and len(suite_properties) != suite_before
+    uncaught_added = tuple(map(len, prep.uncaught_queues)) != uncaught_before
     if excinfo is None and not (
         coverage_problems
         or recorded
@@ -902,6 +1001,7 @@ def _child_main(
         or properties_added
         or sections_added
         or suite_added
+        or uncaught_added
         or sub_reports
         or failed_subtests
     ):
@@ -913,6 +1013,11 @@ def _child_main(
     out["user_properties"] = [_portable_property(p) for p in properties[properties_before:]]
     # (name, escaped text) pairs, as junitxml's add_global_property stores them
     added_to_suite = suite_properties[suite_before:] if suite_properties is not None else []
+    out["uncaught"] = {
+        kind: [_uncaught_data(entry) for entry in list(queue)[before:]]
+        for kind, queue, before in zip(prep.uncaught_kinds, prep.uncaught_queues, uncaught_before)
+        if len(queue) > before
+    }
     out["suite_properties"] = [list(p) for p in added_to_suite]
     out["report_sections"] = [
         tuple(_safe_str(part) for part in entry) for entry in sections[sections_before:]
@@ -934,19 +1039,8 @@ def _child_main(
         report = pytest.TestReport.from_item_and_call(item, call)
         data = config.hook.pytest_report_to_serializable(config=config, report=report)
         keep = ("$report_type", "nodeid", "location", "outcome", "longrepr", "when")
-        out["exception"] = {
+        out["exception"] = _exception_data(exc) | {
             "outcome": _outcome_exception(exc),
-            "pickled": _try_pickle(exc),
-            "type": f"{type(exc).__module__}.{type(exc).__qualname__}",
-            # For an exception that does not pickle back (an __init__ that takes other arguments than
-            # its args, an attribute that does not pickle): its class, args and attributes, each
-            # sent on its own, so that the pytest process can still raise one of its class.
-            "class": [type(exc).__module__, type(exc).__qualname__],
-            "args": _try_pickle(exc.args),
-            "state": {
-                k: _try_pickle(v) for k, v in getattr(exc, "__dict__", {}).items() if isinstance(k, str)
-            },
-            "text": _safe_str(exc),
             "report": {k: data[k] for k in keep if k in data} | {"keywords": {}, "sections": []},
         }
     out["captures"] = captured
@@ -978,6 +1072,7 @@ def _quiet_pass() -> dict[str, Any]:
         "marks": [],
         "user_properties": [],
         "suite_properties": [],
+        "uncaught": {},
         "report_sections": [],
         "sub_reports": [],
         "failed_subtests": 0,
@@ -1223,6 +1318,7 @@ def _apply_item_changes(item: pytest.Item, out: dict[str, Any]) -> None:
     for entry in out.get("report_sections", ()):
         if isinstance(entry, (list, tuple)) and len(entry) == 3 and all(isinstance(p, str) for p in entry):
             item.add_report_section(*entry)
+    _queue_uncaught(item.config, out.get("uncaught"))
     suite_properties = _suite_properties(item.config)
     for entry in out.get("suite_properties", ()):  # the child's data: two strings, else nothing
         if (
@@ -1259,13 +1355,20 @@ def _apply_item_changes(item: pytest.Item, out: dict[str, Any]) -> None:
 
 def _rebuild_exception(config: pytest.Config, info: dict[str, Any]) -> tuple[BaseException, Any]:
     outcome = info.get("outcome")
-    exc = _rebuild_outcome(outcome) if isinstance(outcome, dict) else _try_unpickle(info["pickled"])
-    if not isinstance(exc, BaseException) and not isinstance(outcome, dict):
-        exc = _same_class_stand_in(info)
+    exc = _rebuild_outcome(outcome) if isinstance(outcome, dict) else _rebuild_exception_value(info)
     if not isinstance(exc, BaseException):
         exc = SandboxedTestError(f"{info['type']}: {info['text']}")
     report = config.hook.pytest_report_from_serializable(config=config, data=info["report"])
     return exc, getattr(report, "longrepr", None)
+
+
+def _rebuild_exception_value(info: dict[str, Any]) -> Optional[BaseException]:
+    """``_exception_data`` back as an exception: itself through the restricted unpickler, else one of
+    its class (``_same_class_stand_in``); None if neither can be made."""
+    exc = _try_unpickle(info.get("pickled"))
+    if not isinstance(exc, BaseException):
+        exc = _same_class_stand_in(info)
+    return exc if isinstance(exc, BaseException) else None
 
 
 @contextlib.contextmanager
@@ -1364,6 +1467,7 @@ def run_call(item: pytest.Item, runtest: Callable[[], None], spec: SandboxSpec, 
             "marks",
             "user_properties",
             "suite_properties",
+            "uncaught",
             "report_sections",
             "sub_reports",
             "failed_subtests",

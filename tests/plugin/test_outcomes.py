@@ -614,6 +614,48 @@ def test_exceptions_that_do_not_pickle_back_keep_their_class(pytester):
     result.stdout.fnmatch_lines(["E   *LockedError: shown as itself"])
 
 
+UNCAUGHT = """
+import threading
+
+class Finalized:
+    def __del__(self):
+        raise RuntimeError("boom in __del__")
+
+def test_raises_in_a_finalizer():
+    obj = Finalized()
+    del obj
+
+def test_raises_in_a_thread():
+    thread = threading.Thread(target=lambda: 1 / 0)
+    thread.start()
+    thread.join()
+"""
+
+
+@pytest.mark.parametrize("as_errors", [False, True], ids=["warned", "as-errors"])
+def test_exceptions_nothing_can_catch_are_reported_as_without_the_sandbox(pytester, as_errors):
+    """An exception raised in a finalizer or in a thread the test started ends in pytest's queues (the
+    unraisable and thread exception hooks), which pytest turns into warnings after the phase. In the
+    sandbox they reached only the child's copies and were lost (found in httpx's suite): they are
+    carried back, warned about, and fail the test under -W error, as in a run without the plugin."""
+    pytester.makepyfile(test_inner=UNCAUGHT)
+    args = ["-p", "no:cacheprovider", "-p", "no:randomly", "-rA"]
+    if as_errors:
+        args += ["-W", "error::pytest.PytestUnraisableExceptionWarning"]
+        args += ["-W", "error::pytest.PytestUnhandledThreadExceptionWarning"]
+    result = pytester.runpytest_subprocess(*args, "--sandlock-strict")
+    control = pytester.runpytest_subprocess(*args, "-p", "no:sandlock")
+    expected = {"failed": 2} if as_errors else {"passed": 2, "warnings": 2}
+    for run in (result, control):
+        run.assert_outcomes(**expected)
+        text = run.stdout.str()
+        assert "RuntimeError: boom in __del__" in text
+        assert "ZeroDivisionError: division by zero" in text
+        assert ("PytestUnraisableExceptionWarning" in text) and (
+            "PytestUnhandledThreadExceptionWarning" in text
+        )
+
+
 SUITE_PROPERTIES = """
 import pytest
 
