@@ -13,7 +13,7 @@ from typing import Any, Iterable, Optional
 
 import pytest
 
-from pytest_sandlock.engine.policy import SyscallCategory, SyscallEvent, is_path_within
+from pytest_sandlock.engine.policy import SyscallCategory, SyscallEvent, is_path_within, printable
 
 REPORT_VERSION = 1
 _TEMP_EXTRA = ("/dev", "/proc/self", "/dev/shm")
@@ -25,7 +25,12 @@ REPORT_EVENT_FIELDS = ("syscall", "category", "pid", "parent_pid", "host", "port
 def event_record(event: SyscallEvent) -> dict[str, Any]:
     """One event in the report schema: the documented subset of ``SyscallEvent.to_dict()``."""
     full = event.to_dict()
-    return {key: full[key] for key in REPORT_EVENT_FIELDS}
+    record = {key: full[key] for key in REPORT_EVENT_FIELDS}
+    if isinstance(record["path"], str):
+        record["path"] = printable(record["path"])
+    if isinstance(record["argv"], list):
+        record["argv"] = [printable(a) if isinstance(a, str) else a for a in record["argv"]]
+    return record
 
 
 def _is_loopback(host: Any) -> bool:
@@ -45,9 +50,9 @@ def audit_digest(events: Iterable[SyscallEvent], temp_roots: Iterable[str]) -> d
             where = host if e.port is None else f"{host}:{e.port}"
             net[f"{where} ({e.protocol or e.syscall})" + (" denied" if e.denied else "")] = None
         elif e.argv is not None:
-            programs[" ".join(e.argv)] = None
+            programs[printable(" ".join(e.argv))] = None
         elif e.category is SyscallCategory.FILE and e.path and not _in_any(e.path, roots):
-            files[f"{e.path} ({e.syscall})" + (" denied" if e.denied else "")] = None
+            files[printable(f"{e.path} ({e.syscall})") + (" denied" if e.denied else "")] = None
     return {"net": list(net), "programs": list(programs), "files": list(files)}
 
 

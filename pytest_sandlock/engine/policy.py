@@ -163,7 +163,7 @@ class SyscallEvent:
         parts.append(f"pid {self.pid}")
         if self.denied:
             parts.append(f"denied{self._denial_detail()}")
-        return " ".join(parts)
+        return printable(" ".join(parts))
 
     def _target(self) -> str:
         if self.host is not None:
@@ -186,6 +186,21 @@ class SyscallEvent:
         if self.reason:
             details.append(self.reason)
         return f" ({': '.join(details)})" if details else ""
+
+
+def printable(text: str) -> str:
+    """``text`` as valid UTF-8 for reports and terminals: a path or argument that was not UTF-8
+    reaches Python with its bytes as lone surrogates (``os.fsdecode``), which neither UTF-8 nor
+    pytest-xdist's channel can carry; they are shown as ``\\xNN`` escapes instead."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    except UnicodeEncodeError:  # a surrogate that no byte became: escaped as itself
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def errno_name(number: int) -> str:

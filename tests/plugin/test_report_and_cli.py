@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 
@@ -306,3 +307,51 @@ def test_a_basetemp_pytest_cannot_make_fails_only_the_tests_that_need_it(pyteste
         result.assert_outcomes(passed=1, errors=1)
         assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
         result.stdout.fnmatch_lines(["*ERROR at setup of test_tmp_path*"])
+
+
+def test_paths_and_arguments_that_are_not_utf8_cross_xdist(pytester):
+    """A file name or a program argument that is not UTF-8 reaches Python as lone surrogates. In a
+    sandboxed test's events and denial text they crashed the pytest-xdist worker (execnet refuses
+    them: INTERNALERROR, the rest of its tests never ran; found with click's suite). Reports show
+    such bytes as \\xNN escapes."""
+    import shutil
+    import tempfile
+
+    outside = tempfile.mkdtemp(prefix="sandlock-not-utf8-", dir="/var/tmp")
+    try:
+        pytester.makepyfile(
+            test_inner=f"""
+            import subprocess
+
+            def test_file_name(tmp_path):
+                (tmp_path / "made-\\udcff").touch()
+
+            def test_argument():
+                subprocess.run(["/bin/true", "arg-\\udcfe"], check=True)
+
+            def test_denied_write_swallowed():
+                try:
+                    open("{outside}/bad-\\udcfd.txt", "w")
+                except PermissionError:
+                    pass
+
+            def test_after():
+                pass
+            """
+        )
+        result = pytester.runpytest_subprocess(
+            "-p", "no:cacheprovider", "--sandlock-strict", "-n", "1", "--sandlock-report=report.json"
+        )
+        result.assert_outcomes(passed=3, failed=1)
+        assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+        result.stdout.fnmatch_lines([f"*{outside}/bad-\\xfd.txt pid * denied (EACCES*"])
+        events = [
+            e for t in json.loads((pytester.path / "report.json").read_text())["tests"] for e in t["events"]
+        ]
+        paths = {e["path"] for e in events if e["path"]}
+        assert any(p.endswith("made-\\xff") for p in paths)
+        assert f"{outside}/bad-\\xfd.txt" in paths
+        assert ["/bin/true", "arg-\\xfe"] in [e["argv"] for e in events]
+        assert not os.listdir(outside)  # and the denial was real
+    finally:
+        shutil.rmtree(outside, ignore_errors=True)
