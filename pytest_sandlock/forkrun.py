@@ -121,6 +121,7 @@ class Runner:
                 audit=self.settings.audit,
                 extra_fs_write=self.extra_writable(),
                 retire_fds=True,  # closed while the next test's child confines itself (see release)
+                keep_random_state=True,  # a seed a fixture or pytest-randomly set reaches the test
             )
             self._sandboxes[key] = sandbox
         return sandbox
@@ -1389,6 +1390,16 @@ def _quiet_fork_warning(guard: _InterruptGuard) -> contextlib.AbstractContextMan
     return _fork_warning_filtered(guard)
 
 
+def _advance_random() -> None:
+    """The child continues from this process's ``random`` state (a seed set by a fixture or
+    pytest-randomly reaches the test: ``Sandbox(keep_random_state=True)``), and what it draws is drawn
+    from its copy. One draw here, once the child has its copy, so that the next sandboxed test does
+    not see the same numbers again, as it would not without the sandbox."""
+    module = sys.modules.get("random")
+    if module is not None:
+        module.getrandbits(32)
+
+
 def _fail(message: str) -> None:
     __tracebackhide__ = True
     pytest.fail(message, pytrace=False)
@@ -1416,7 +1427,12 @@ def run_call(item: pytest.Item, runtest: Callable[[], None], spec: SandboxSpec, 
     try:
         sandbox = runner.sandbox_for(policy, policy_fn)
         sandbox.close_fds = runner.close_fds()
-        sandbox.on_launch = guard.launched
+
+        def launched(pid: int) -> None:  # in the pytest process, while the child runs
+            guard.launched(pid)
+            _advance_random()
+
+        sandbox.on_launch = launched
         try:
             with _quiet_fork_warning(guard):
                 result = sandbox.call(

@@ -131,12 +131,14 @@ def thread_count() -> int:
         return -1
 
 
-_kept: tuple[tuple[int, int, int], tuple[list[Handler], list[Handler], list[Handler]]] | None = None
+_Lists = tuple[list[Handler], list[Handler], list[Handler], list[Handler]]
+_kept: tuple[tuple[int, int, int], _Lists] | None = None
 
 
-def _handlers_to_run(registries: _Registries) -> tuple[list[Handler], list[Handler], list[Handler]]:
-    """The (before, parent, child) handlers to run, recomputed only when a registry has grown
-    (handlers cannot be unregistered, so the lengths tell)."""
+def _handlers_to_run(registries: _Registries) -> _Lists:
+    """The (before, parent, child) handlers to run, and the child's without ``random``'s reseed (see
+    ``fork``), recomputed only when a registry has grown (handlers cannot be unregistered, so the
+    lengths tell)."""
     global _kept
     sizes = (len(registries.before), len(registries.parent), len(registries.child))
     if _kept is None or _kept[0] != sizes:
@@ -145,7 +147,11 @@ def _handlers_to_run(registries: _Registries) -> tuple[list[Handler], list[Handl
         def keep(handlers: list[Handler]) -> list[Handler]:
             return [h for h in handlers if not any(test(h) for test in moot)]
 
-        _kept = (sizes, (keep(registries.before), keep(registries.parent), keep(registries.child)))
+        child = keep(registries.child)
+        random_module = sys.modules.get("random")
+        reseed = getattr(getattr(random_module, "_inst", None), "seed", None)
+        keeping_random = [h for h in child if reseed is None or h != reseed]
+        _kept = (sizes, (keep(registries.before), keep(registries.parent), child, keeping_random))
     return _kept[1]
 
 
@@ -165,7 +171,7 @@ def _run_all(handlers: list[Handler]) -> None:
             traceback.print_exc()
 
 
-def fork() -> tuple[int, Optional[list[Handler]]]:
+def fork(keep_random_state: bool = False) -> tuple[int, Optional[list[Handler]]]:
     """Fork; returns ``(pid, child_handlers)``.
 
     In the child (pid 0) ``child_handlers`` are the at-fork handlers still to run: the caller runs
@@ -178,28 +184,43 @@ def fork() -> tuple[int, Optional[list[Handler]]]:
     child is ready to run code that may look at the collector (``launcher.launch`` does, right
     before the target). Unfrozen, those objects join the oldest generation, so the child's young
     collections still do not walk the inherited heap.
+
+    ``keep_random_state``: the child's ``random`` module continues from this process's state instead
+    of being reseeded from the system (CPython's at-fork handler): for a child that stands in for this
+    process for a while, such as a test's call phase, whose seed a fixture or a plugin set. The fast
+    fork leaves the handler out; after ``os.fork()``, which runs it, the saved state is put back.
     """
     registries = None
     if os.environ.get("PYTEST_SANDLOCK_OS_FORK") != "1" and _single_threaded():
         registries = _locate()  # before the freeze below: frozen objects have no referrers to find
+    random_module = sys.modules.get("random") if keep_random_state else None
+    saved_random = None
+    if random_module is not None and (registries is None or _libc_fork is None):
+        saved_random = random_module.getstate()  # os.fork() will reseed the child: put it back there
     # Freeze every existing object: until the child's caller unfreezes, no collection in the child
     # sees an inherited object, and after it they all sit in the oldest generation, so the child's
     # frequent young collections do not walk (and so copy-on-write) the pytest process's heap.
     gc.freeze()
     try:
-        pid, handlers = _fork(registries)
+        pid, handlers = _fork(registries, keep_random_state)
     except BaseException:
         gc.unfreeze()
         raise
     if pid:
         gc.unfreeze()  # the parent's collector resumes; the child's caller unfreezes its own
+    elif saved_random is not None and random_module is not None:
+        random_module.setstate(saved_random)
     return pid, handlers
 
 
-def _fork(registries: Optional[_Registries]) -> tuple[int, Optional[list[Handler]]]:
+def _fork(
+    registries: Optional[_Registries], keep_random_state: bool = False
+) -> tuple[int, Optional[list[Handler]]]:
     if registries is None or _libc_fork is None:
         return os.fork(), None
-    before, parent_handlers, child_handlers = _handlers_to_run(registries)
+    before, parent_handlers, child_handlers, keeping_random = _handlers_to_run(registries)
+    if keep_random_state:
+        child_handlers = keeping_random
     sys.audit("os.fork")
     if before:
         _run_all(before[::-1])

@@ -74,6 +74,7 @@ class Confinement:
     wait_killable: bool = True
     capability_drop: Optional[CapabilityDrop] = None
     inherits_memory: bool = True  # False when the target execs a program at once
+    keep_random_state: bool = False  # see forking.fork
 
 
 @dataclass
@@ -303,7 +304,7 @@ def launch(
     # in the parent right after (set in the child, it would be one more page fault before the test).
     client_fds = channel.set_client_fds((req_w, resp_r))
     try:
-        pid, child_handlers = forking.fork()
+        pid, child_handlers = forking.fork(conf.keep_random_state)
     except BaseException:
         channel.set_client_fds(client_fds)
         for fd in parent_only + child_only:

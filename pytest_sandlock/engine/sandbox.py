@@ -174,12 +174,16 @@ class Sandbox:
         extra_fs_write: Iterable[str] = (),
         on_launch: Optional[Callable[[int], None]] = None,
         retire_fds: bool = False,
+        keep_random_state: bool = False,
     ) -> None:
         self.policy = policy if policy is not None else Policy()
         self.on_launch = on_launch  # told the root pid of each run, once the parent holds its listener
         # A run's descriptors closed by the next run instead of at its end (launcher.close_launched):
         # for callers that run many in a row and want each to end as soon as its result is in.
         self.retire_fds = retire_fds
+        # The child's `random` continues from this process's state instead of being reseeded
+        # (forking.fork): a seed the caller set reaches the callable.
+        self.keep_random_state = keep_random_state
         self.policy_fn = policy_fn
         self.audit = audit
         self.close_fds = tuple(close_fds)
@@ -257,6 +261,7 @@ class Sandbox:
             wait_killable=self.capabilities.wait_killable_recv,
             capability_drop=prepare_capability_drop(),
             inherits_memory=runs_python,
+            keep_random_state=self.keep_random_state and runs_python,
         )
         on_launch = self.on_launch
         effective_timeout = timeout if timeout is not None else self.policy.timeout

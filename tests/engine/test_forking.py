@@ -171,3 +171,32 @@ def test_a_before_handler_that_starts_a_thread_means_os_fork() -> None:
     assert out["calls_at_start"][-2:] == ["child-1", "child-2"]
     parent = out["parent_calls"]
     assert parent[0] == "started" and parent.count("parent-1") == 2  # undone once, then os.fork's
+
+
+KEEP_RANDOM = """
+random.seed(1234)
+expected = random.Random(1234).random()
+pid, handlers = forking.fork(keep_random_state=KEEP)
+if pid == 0:
+    forking.run_child_handlers(handlers or [])
+    os.close(r)
+    names = [getattr(h, "__qualname__", "") for h in handlers or []]
+    os.write(w, json.dumps({"value": random.random(), "handlers": names}).encode())
+    os._exit(0)
+collect(pid, {"expected": expected, "parent_next": random.random()})
+"""
+
+
+@pytest.mark.parametrize("os_fork", ["0", "1"], ids=["fast-fork", "os-fork"])
+@pytest.mark.parametrize("keep", [True, False], ids=["kept", "reseeded"])
+def test_keep_random_state_continues_the_seeded_sequence_in_the_child(os_fork: str, keep: bool) -> None:
+    """With keep_random_state the child draws what this process would have drawn next (a seed a
+    fixture set reaches the test), on both fork paths: the fast fork leaves random's at-fork reseed
+    out, after os.fork() the state is put back. Without it (the control), the child is reseeded."""
+    out = _run(KEEP_RANDOM.replace("KEEP", str(keep)), env={"PYTEST_SANDLOCK_OS_FORK": os_fork})
+    assert out["parent_next"] == out["expected"]  # the parent's own sequence is untouched
+    if keep:
+        assert out["value"] == out["expected"]
+        assert "Random.seed" not in out["handlers"]
+    else:
+        assert out["value"] != out["expected"]

@@ -912,3 +912,32 @@ def test_how_the_call_runs_is_pytests(pytester):
     # The hook wrapper ran in each child; the item's own runtest in its child, once.
     assert sorted(re.findall(r"wrapped in (\d+)", out)) == sorted([plain, own])
     assert re.findall(r"own runtest in (\d+)", out) == [own]
+
+
+def test_random_seeded_by_a_fixture_reaches_the_test_and_tests_do_not_repeat_numbers(pytester):
+    """The child's random continues from the pytest process's state: a seed a fixture (or
+    pytest-randomly) set decides what the test draws. It was reseeded from the system in each child
+    (CPython's at-fork handler), so seeded tests were not reproducible. Unseeded tests still draw
+    different numbers from one another."""
+    pytester.makepyfile(
+        """
+        import random
+        import pytest
+
+        @pytest.fixture
+        def seeded():
+            random.seed(1234)
+
+        def test_seeded(seeded):
+            assert random.random() == random.Random(1234).random()
+
+        @pytest.mark.parametrize("i", range(3))
+        def test_draws(i):
+            print(f"DRAW {random.random()!r}")
+        """
+    )
+    for args in (("--sandlock-strict",), ("-p", "no:sandlock")):
+        result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-s", *args)
+        result.assert_outcomes(passed=4)
+        draws = re.findall(r"DRAW (\S+)", result.stdout.str())
+        assert len(draws) == 3 and len(set(draws)) == 3, draws
