@@ -30,6 +30,7 @@ from __future__ import annotations
 import _signal  # see _InterruptGuard.SIGNALS
 import contextlib
 import dataclasses
+import gc
 import io
 import os
 import pickle
@@ -112,6 +113,9 @@ class Runner:
         sandbox = self._sandboxes.get(key)
         if sandbox is None:
             from pytest_sandlock.engine.sandbox import Sandbox  # first use: unsandboxed runs never pay
+
+            if gc.collect is _collect:
+                gc.collect = _counting_collect  # see _INHERITED_GARBAGE
 
             if len(self._sandboxes) >= 64:  # per-test callables (event hooks) must not pile up
                 self._sandboxes.clear()
@@ -920,6 +924,7 @@ def _child_main(
     """Runs in the confined child: the test's call phase, packed into picklable data (None for a
     quiet pass: less to build, pickle and send in a process where every page written is copied)."""
     sys.dont_write_bytecode = True  # a denied .pyc write is noise, not a finding
+    freed_before = _freed[0]  # see _INHERITED_GARBAGE
     config = item.config
     if prep is None:
         prep = _ChildPrep.of(item)
@@ -992,6 +997,7 @@ def _child_main(
     sections_added = len(sections) != sections_before
     suite_added = suite_properties is not None and len(suite_properties) != suite_before
     uncaught_added = tuple(map(len, prep.uncaught_queues)) != uncaught_before
+    freed = _freed[0] - freed_before
     if excinfo is None and not (
         coverage_problems
         or recorded
@@ -1003,11 +1009,12 @@ def _child_main(
         or sections_added
         or suite_added
         or uncaught_added
+        or freed > _INHERITED_GARBAGE
         or sub_reports
         or failed_subtests
     ):
         return None  # a quiet pass, the common case: nothing to carry back (see run_call)
-    out: dict[str, Any] = {"exception": None, "internal": coverage_problems}
+    out: dict[str, Any] = {"exception": None, "internal": coverage_problems, "gc_freed": freed}
     out["marks"] = []
     if marks_added:
         out["marks"] = _added_marks(item.nodeid, own_markers, marks_before, first_mark, out["internal"])
@@ -1390,6 +1397,31 @@ def _quiet_fork_warning(guard: _InterruptGuard) -> contextlib.AbstractContextMan
     return _fork_warning_filtered(guard)
 
 
+# Garbage the pytest process holds (say, the items of a large parametrized suite, deselected) is
+# inherited by every child, and a test's gc.collect() there frees it again, in every sandboxed test,
+# with its finalizers; without the sandbox the first collection frees it for good. gc.collect counts
+# what full collections free (installed once, with the first Sandbox, so that a child writes nothing
+# for it); past this many in a child, the pytest process collects once itself.
+_INHERITED_GARBAGE = 1000
+_collect = gc.collect
+_freed = [0]  # what explicit full collections freed in this process (a child: since its fork)
+_collected_here = [False]  # the pytest process collected already (once per process)
+
+
+def _counting_collect(generation: int = 2) -> int:
+    """gc.collect, counting what full collections free."""
+    freed = _collect(generation)
+    if generation == 2:
+        _freed[0] += freed
+    return freed
+
+
+def _collect_inherited_garbage(freed_in_child: object) -> None:
+    if isinstance(freed_in_child, int) and freed_in_child > _INHERITED_GARBAGE and not _collected_here[0]:
+        _collected_here[0] = True
+        _collect()
+
+
 def _advance_random() -> None:
     """The child continues from this process's ``random`` state (a seed set by a fixture or
     pytest-randomly reaches the test: ``Sandbox(keep_random_state=True)``), and what it draws is drawn
@@ -1442,6 +1474,8 @@ def run_call(item: pytest.Item, runtest: Callable[[], None], spec: SandboxSpec, 
             sandbox.on_launch = None  # the shared Sandbox must not keep this test's guard alive
         out = result.value
         quiet = out is None
+        if out is not None:
+            _collect_inherited_garbage(out.get("gc_freed"))
         record.events = list(result.events)
         tree_problems = result.tree_problems
         for text in [
