@@ -1220,10 +1220,46 @@ class _ExceptionUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in self._BUILTIN_DATA:
             return super().find_class(module, name)
-        found = _known_exception_class(module, name)
+        if (module, name) == ("builtins", "getattr"):  # how protocol 4 names a bound classmethod
+            return _constructor_getattr
+        found: Any = _known_exception_class(module, name)
+        if found is None and "." in name:
+            found = _exception_constructor(module, name)
         if found is None:
             raise pickle.UnpicklingError(f"{module}.{name} is not an exception class")
         return found
+
+
+def _exception_constructor(module: str, name: str) -> Any:
+    """``module.Class.method`` for ``_constructor_of``."""
+    owner_name, _, method = name.rpartition(".")
+    cls = _known_exception_class(module, owner_name)
+    return None if cls is None else _constructor_of(cls, method)
+
+
+def _constructor_getattr(owner: Any, name: Any) -> Any:
+    """``getattr`` for the unpickler: only what ``_constructor_of`` allows."""
+    if isinstance(owner, type) and issubclass(owner, BaseException) and isinstance(name, str):
+        found = _constructor_of(owner, name)
+        if found is not None:
+            return found
+    raise pickle.UnpicklingError(f"getattr({owner!r}, {name!r}) is not an exception's constructor")
+
+
+def _constructor_of(cls: type[BaseException], method: str) -> Any:
+    """``cls.method`` if it is a classmethod that an exception class of ``cls``'s MRO defines itself:
+    an alternative constructor, which some exceptions pickle through (pydantic's
+    ``ValidationError.from_exception_data``). Not the metaclass's methods (``register``, ``mro``), not
+    a private name; None otherwise."""
+    if method.startswith("_"):
+        return None
+    for klass in cls.__mro__:
+        if isinstance(klass, type) and issubclass(klass, BaseException) and method in vars(klass):
+            defined = vars(klass)[method]
+            if isinstance(defined, classmethod) or type(defined).__name__ == "classmethod_descriptor":
+                return getattr(cls, method)
+            return None
+    return None
 
 
 def _known_exception_class(module: str, name: str) -> Optional[type[BaseException]]:
@@ -1234,6 +1270,22 @@ def _known_exception_class(module: str, name: str) -> Optional[type[BaseExceptio
             return None
         obj = getattr(obj, part, None)
     return obj if isinstance(obj, type) and issubclass(obj, BaseException) else None
+
+
+def _new_exception(cls: type[BaseException], args: tuple[Any, ...]) -> Optional[BaseException]:
+    """An instance of ``cls`` without its ``__init__``: its own ``__new__``, else (a ``__new__`` that
+    wants other arguments) the one of its nearest builtin exception base, which allocates the same
+    object; None if neither can (a C type with its own layout)."""
+    makers: list[Callable[..., Any]] = [cls.__new__]
+    makers += [b.__new__ for b in cls.__mro__[1:] if b.__module__ == "builtins"]
+    for make in makers[:2]:
+        try:
+            exc = make(cls, *args)
+            exc.args = args
+            return exc
+        except Exception:  # noqa: BLE001 - not this way: try the next one
+            continue
+    return None
 
 
 def _same_class_stand_in(info: dict[str, Any]) -> Optional[BaseException]:
@@ -1250,10 +1302,8 @@ def _same_class_stand_in(info: dict[str, Any]) -> Optional[BaseException]:
     args = _try_unpickle(info.get("args"), _UNRESTORED)
     if not isinstance(args, tuple):
         args = (info.get("text", ""),)
-    try:
-        exc = cls.__new__(cls, *args)
-        exc.args = args
-    except Exception:  # noqa: BLE001 - a __new__ of its own that wants something else: give up
+    exc = _new_exception(cls, args)
+    if exc is None:
         return None
     state = info.get("state")
     for key, pickled in state.items() if isinstance(state, dict) else ():
