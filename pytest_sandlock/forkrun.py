@@ -88,6 +88,7 @@ class CallRecord:
     exception: Optional[BaseException] = None  # raised in the pytest process on the child's behalf
     longrepr: Any = None  # the child's failure representation, replacing the pytest-process one
     strict_denials: list[SyscallEvent] = field(default_factory=list)
+    threads_note: str = ""  # for a failed test's report: see _threads_left_behind
 
 
 class SandboxedTestError(Exception):
@@ -1472,6 +1473,34 @@ def _collect_inherited_garbage(freed_in_child: object) -> None:
         _collect()
 
 
+# Threads of pytest itself and of its plugins, never a test's business.
+_OWN_THREAD_MODULES = frozenset(("execnet", "xdist", "pytest_timeout", "_pytest", "pytest_sandlock"))
+
+
+def _threads_left_behind() -> str:
+    """The pytest process's other threads, which a sandboxed test's child does not have (a fork copies
+    only the calling thread); said with a failed test's report, since a test that hands work to one
+    of them (anyio's blocking portal behind starlette's TestClient, a fixture's worker queue) waits
+    forever or fails in the child. Found running starlette's and fastapi's suites."""
+    names = []
+    for thread in threading.enumerate():
+        if thread is threading.main_thread() or thread.name.startswith("pytest_timeout"):
+            continue
+        target = getattr(thread, "_target", None)
+        module = getattr(target, "__module__", None) or type(thread).__module__
+        if str(module).split(".")[0] in _OWN_THREAD_MODULES:
+            continue
+        names.append(thread.name)
+    if not names:
+        return ""
+    return (
+        f"the pytest process has other threads, which this test's sandboxed child does not have: "
+        f"{', '.join(names)}. A call that hands work to one of them (anyio's blocking portal behind "
+        "starlette's TestClient, a fixture's worker queue) waits forever or fails in the child: start "
+        "such a thread in the test, or mark the test sandbox(enabled=False)."
+    )
+
+
 def _advance_random() -> None:
     """The child continues from this process's ``random`` state (a seed set by a fixture or
     pytest-randomly reaches the test: ``Sandbox(keep_random_state=True)``), and what it draws is drawn
@@ -1553,12 +1582,14 @@ def run_call(item: pytest.Item, runtest: Callable[[], None], spec: SandboxSpec, 
     if record.events and settings.strict and not settings.audit and not (out and out.get("denials_read")):
         record.strict_denials = strict.unexpected_denials(record.events)
     if guard.pending is not None:  # pytest-timeout's failure or Ctrl-C, now that the tree is gone
+        record.threads_note = _threads_left_behind()
         raise guard.pending
     if quiet:
         if not tree_problems and not record.strict_denials:
             return  # the common case: nothing to apply, deliver or report
         out = _quiet_pass()
     if out is None:
+        record.threads_note = _threads_left_behind()
         _fail((problem or "sandlock: no outcome") + strict.format_denials(record.events))
         return
     if any(
@@ -1579,6 +1610,7 @@ def run_call(item: pytest.Item, runtest: Callable[[], None], spec: SandboxSpec, 
     # A process of the test may have outlived it (confined, no longer supervised): never a pass.
     unchecked = "".join(f"\nsandlock: {item.nodeid}: {text}" for text in tree_problems)
     if info is not None:
+        record.threads_note = _threads_left_behind()
         rebuilt, longrepr = _rebuild_exception(item.config, info)
         record.exception = rebuilt
         record.longrepr = longrepr

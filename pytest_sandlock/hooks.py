@@ -165,6 +165,8 @@ class SandlockSession:
                     longrepr.addsection("sandlock strict: denied operations", text)
                 else:
                     report.sections.append(("sandlock strict: denied operations", text))
+            if record.threads_note and report.failed:
+                report.sections.append(("sandlock: threads", record.threads_note))
             # Shared empty tuples for the common event-free test: nothing allocated per test.
             info["events"] = [event_record(e) for e in record.events] if record.events else ()
             info["denials"] = [e.describe() for e in record.events if e.denied] if record.events else ()

@@ -985,3 +985,53 @@ def test_garbage_the_pytest_process_holds_is_freed_once_not_in_every_test(pytest
         result.assert_outcomes(passed=3)
         freed = {int(i): int(n) for i, n in re.findall(r"FREED (\d) (\d+)", result.stdout.str())}
         assert freed[0] > 5000 and freed[1] < 1000 and freed[2] < 1000, (args, freed)
+
+
+def test_a_failed_test_says_which_threads_of_the_pytest_process_its_child_lacks(pytester):
+    """A fork copies only the calling thread: a fixture's worker thread (anyio's blocking portal behind
+    starlette's TestClient, here a queue worker) is not in the sandboxed child, so a test that hands it
+    work fails or waits forever (found in starlette's and fastapi's suites). The failure says which
+    threads those are and what to do; a passing test says nothing."""
+    pytester.makepyfile(
+        """
+        import queue, threading
+        import pytest
+
+        @pytest.fixture(scope="session")
+        def worker():
+            jobs, done = queue.Queue(), queue.Queue()
+
+            def run():
+                while (job := jobs.get()) is not None:
+                    done.put(job * 2)
+
+            thread = threading.Thread(target=run, name="fixture-worker", daemon=True)
+            thread.start()
+            yield jobs, done
+            jobs.put(None)
+
+        def test_hands_work_to_the_fixture_thread(worker):
+            jobs, done = worker
+            jobs.put(21)
+            assert done.get(timeout=2) == 42
+
+        def test_passes(worker):
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-p", "no:randomly", "--sandlock-strict", "-rA"
+    )
+    result.assert_outcomes(passed=1, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*sandlock: threads*",
+            "*other threads, which this test's sandboxed child does not have: fixture-worker.*"
+            "or mark the test sandbox(enabled=False).",
+        ]
+    )
+    assert result.stdout.str().count("which this test's sandboxed child does not have") == 1
+    control = pytester.runpytest_subprocess(
+        "-p", "no:cacheprovider", "-p", "no:randomly", "-p", "no:sandlock"
+    )
+    control.assert_outcomes(passed=2)
