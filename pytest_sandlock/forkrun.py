@@ -1020,13 +1020,13 @@ def _child_main(
     if marks_added:
         out["marks"] = _added_marks(item.nodeid, own_markers, marks_before, first_mark, out["internal"])
     out["user_properties"] = [_portable_property(p) for p in properties[properties_before:]]
-    # (name, escaped text) pairs, as junitxml's add_global_property stores them
-    added_to_suite = suite_properties[suite_before:] if suite_properties is not None else []
     out["uncaught"] = {
         kind: [_uncaught_data(entry) for entry in list(queue)[before:]]
         for kind, queue, before in zip(prep.uncaught_kinds, prep.uncaught_queues, uncaught_before)
         if len(queue) > before
     }
+    # (name, escaped text) pairs, as junitxml's add_global_property stores them
+    added_to_suite = suite_properties[suite_before:] if suite_properties is not None else []
     out["suite_properties"] = [list(p) for p in added_to_suite]
     out["report_sections"] = [
         tuple(_safe_str(part) for part in entry) for entry in sections[sections_before:]
@@ -1309,7 +1309,7 @@ def _same_class_stand_in(info: dict[str, Any]) -> Optional[BaseException]:
     state = info.get("state")
     for key, pickled in state.items() if isinstance(state, dict) else ():
         value = _try_unpickle(pickled, _UNRESTORED)  # each attribute alone: one lock loses only itself
-        if isinstance(key, str) and value is not _UNRESTORED:
+        if isinstance(key, str) and key not in ("__class__", "__dict__") and value is not _UNRESTORED:
             try:
                 object.__setattr__(exc, key, value)
             except Exception:  # noqa: BLE001 - a slot or a read-only attribute: left out

@@ -193,10 +193,6 @@ def fork(keep_random_state: bool = False) -> tuple[int, Optional[list[Handler]]]
     registries = None
     if os.environ.get("PYTEST_SANDLOCK_OS_FORK") != "1" and _single_threaded():
         registries = _locate()  # before the freeze below: frozen objects have no referrers to find
-    random_module = sys.modules.get("random") if keep_random_state else None
-    saved_random = None
-    if random_module is not None and (registries is None or _libc_fork is None):
-        saved_random = random_module.getstate()  # os.fork() will reseed the child: put it back there
     # Freeze every existing object: until the child's caller unfreezes, no collection in the child
     # sees an inherited object, and after it they all sit in the oldest generation, so the child's
     # frequent young collections do not walk (and so copy-on-write) the pytest process's heap.
@@ -208,16 +204,25 @@ def fork(keep_random_state: bool = False) -> tuple[int, Optional[list[Handler]]]
         raise
     if pid:
         gc.unfreeze()  # the parent's collector resumes; the child's caller unfreezes its own
-    elif saved_random is not None and random_module is not None:
-        random_module.setstate(saved_random)
     return pid, handlers
+
+
+def _os_fork(keep_random_state: bool) -> int:
+    """``os.fork()``, which runs every at-fork handler, ``random``'s reseed among them: with
+    ``keep_random_state`` the child gets this process's state back."""
+    module = sys.modules.get("random") if keep_random_state else None
+    state = module.getstate() if module is not None else None
+    pid = os.fork()
+    if pid == 0 and module is not None and state is not None:
+        module.setstate(state)
+    return pid
 
 
 def _fork(
     registries: Optional[_Registries], keep_random_state: bool = False
 ) -> tuple[int, Optional[list[Handler]]]:
     if registries is None or _libc_fork is None:
-        return os.fork(), None
+        return _os_fork(keep_random_state), None
     before, parent_handlers, child_handlers, keeping_random = _handlers_to_run(registries)
     if keep_random_state:
         child_handlers = keeping_random
@@ -228,7 +233,7 @@ def _fork(
         # A before handler started a thread: a raw fork is no longer safe. Undo what the before
         # handlers did (their parent handlers), then fork as CPython does, which runs them all.
         _run_all(parent_handlers)
-        return os.fork(), None
+        return _os_fork(keep_random_state), None
     pid = _libc_fork()
     if pid < 0:
         err = ctypes.get_errno() or 11  # EAGAIN: fork's usual failure

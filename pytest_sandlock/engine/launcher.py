@@ -458,14 +458,15 @@ def close_launched(launched: Launched, retire: bool = False) -> None:
     of that run is dead by then; the next child closes its inherited copies with its other
     descriptors, before it runs anything it was asked to (a copy's close is cheap: it is not the last).
     """
-    fds = [launched.pidfd, launched.result_fd, *launched.output_fds, launched.listener.fd]
-    fds += [launched.channel.request_fd, launched.channel.response_fd]
-    launched.listener.fd = -1
-    launched.tree.stop()
     if retire:
-        _retired.extend(fds)
-        return
-    _close_all(fds)
+        _retired.extend((launched.pidfd, launched.result_fd, *launched.output_fds, launched.listener.fd))
+        _retired.extend((launched.channel.request_fd, launched.channel.response_fd))
+        launched.listener.fd = -1  # its close() is a no-op now: the descriptor is the next launch's
+    else:
+        _close_all((launched.pidfd, launched.result_fd, *launched.output_fds))
+        launched.listener.close()
+        launched.channel.close()
+    launched.tree.stop()
 
 
 def close_retired(fds: Optional[Iterable[int]] = None) -> None:

@@ -200,3 +200,25 @@ def test_keep_random_state_continues_the_seeded_sequence_in_the_child(os_fork: s
         assert "Random.seed" not in out["handlers"]
     else:
         assert out["value"] != out["expected"]
+
+
+def test_keep_random_state_holds_when_a_before_handler_forces_os_fork() -> None:
+    """A before handler that starts a thread makes the raw fork unsafe, so os.fork() is used after
+    all, and it reseeds the child: the state is put back there too."""
+    out = _run(
+        """
+        stop = threading.Event()
+        os.register_at_fork(before=lambda: threading.Thread(target=stop.wait, daemon=True).start())
+        random.seed(1234)
+        expected = random.Random(1234).random()
+        pid, handlers = forking.fork(keep_random_state=True)
+        if pid == 0:
+            os.close(r)
+            os.write(w, json.dumps({"value": random.random(), "os_fork": handlers is None}).encode())
+            os._exit(0)
+        stop.set()
+        collect(pid, {"expected": expected})
+        """
+    )
+    assert out["os_fork"] is True
+    assert out["value"] == out["expected"]

@@ -66,3 +66,31 @@ def test_only_an_exception_class_own_classmethods_are_reached(method: str) -> No
 def test_an_exception_pickled_through_its_classmethod_comes_back_as_itself() -> None:
     exc = _load(pickle.dumps(Rebuilt(code=7)))
     assert type(exc) is Rebuilt and exc.code == 7 and exc.args == ("code 7",)
+
+
+def test_a_stand_in_keeps_the_class_it_was_made_of() -> None:
+    """The child's attributes are set on the stand-in one by one; ``__class__`` and ``__dict__`` among
+    them would let the child swap what the pytest process raises (Swapped has Plain's layout, so the
+    assignment itself would work)."""
+    from pytest_sandlock.forkrun import _same_class_stand_in
+
+    info = {
+        "class": [__name__, "Plain"],
+        "args": pickle.dumps(("text",)),
+        "text": "text",
+        "state": {
+            "__class__": pickle.dumps(Swapped),
+            "__dict__": pickle.dumps({}),
+            "note": pickle.dumps("x"),
+        },
+    }
+    exc = _same_class_stand_in(info)
+    assert type(exc) is Plain and exc.args == ("text",) and exc.note == "x"  # type: ignore[attr-defined]
+
+
+class Plain(ValueError):
+    pass
+
+
+class Swapped(ValueError):
+    pass
