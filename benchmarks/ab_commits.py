@@ -5,7 +5,8 @@
 Checks both commits out as git worktrees (in a temp dir), then runs the same generated suite of
 trivial tests under ``--sandlock-strict`` with each, alternating A and B round by round (these
 machines are noisy), and prints each side's median time of one test's runtest protocol and the
-median of the per-round B/A ratios with their range. This is how each change in BENCHMARKS.md
+median of the per-round B/A ratios with their range; then each side's whole-run wall time and the
+median per-round difference, for what a session pays once. This is how each change in BENCHMARKS.md
 ("What each optimisation bought") was measured. Never part of the test run.
 """
 
@@ -19,6 +20,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 
 from bench_plugin import PROTOCOL_TIMER, TRIVIAL
 
@@ -40,14 +42,17 @@ def _repo() -> str:
     ).stdout.strip()
 
 
-def _protocol_ms(suite: str, tree: str) -> float:
+def _run(suite: str, tree: str) -> tuple[float, float]:
+    """(median ms of one test's runtest protocol, whole run's wall time in ms) of one strict run."""
     env = dict(os.environ, PYTHONPATH=tree)  # the worktree's package shadows the installed one
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--sandlock-strict"]
+    start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=suite, env=env, capture_output=True, text=True)
+    wall = (time.perf_counter() - start) * 1e3
     found = re.search(r"PROTOCOL ([\d.]+) ms", proc.stderr)
     if proc.returncode != 0 or found is None:
         raise SystemExit(f"pytest failed with {tree}:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    return float(found.group(1))
+    return float(found.group(1)), wall
 
 
 def main() -> None:
@@ -78,13 +83,22 @@ def main() -> None:
             # Bytecode written once, as an installed wheel has it (see bench_plugin.py).
             subprocess.run([sys.executable, "-m", "compileall", "-q", trees[name]], check=True)
         times: dict[str, list[float]] = {"A": [], "B": []}
+        walls: dict[str, list[float]] = {"A": [], "B": []}
         for round_no in range(args.rounds):
             for name in ("A", "B") if round_no % 2 == 0 else ("B", "A"):
-                times[name].append(_protocol_ms(suite, trees[name]))
+                protocol, wall = _run(suite, trees[name])
+                times[name].append(protocol)
+                walls[name].append(wall)
         ratios = [b / a for a, b in zip(times["A"], times["B"])]
         print(f"A {args.a}: {statistics.median(times['A']):.3f} ms per test (runtest protocol, median)")
         print(f"B {args.b}: {statistics.median(times['B']):.3f} ms per test")
         print(f"B/A: {statistics.median(ratios):.3f}x (range {min(ratios):.3f}-{max(ratios):.3f})")
+        # The whole run also carries what a session pays once (imports, probes, exit): B - A per round.
+        deltas = [b - a for a, b in zip(walls["A"], walls["B"])]
+        print(
+            f"whole run: A {statistics.median(walls['A']):.1f} ms, B {statistics.median(walls['B']):.1f} ms; "
+            f"B - A {statistics.median(deltas):+.1f} ms (range {min(deltas):+.1f} to {max(deltas):+.1f})"
+        )
     finally:
         for tree in trees.values():
             subprocess.run(["git", "-C", repo, "worktree", "remove", "--force", tree], capture_output=True)

@@ -102,6 +102,7 @@ class Runner:
         self.config = config
         self.settings = settings
         self._writable: Optional[tuple[str, ...]] = None
+        self._basetemp_made = False  # set once extra_writable or basetemp_for has made it
         self._close_fds: Optional[tuple[int, ...]] = None
         self._kept: Optional[set[int]] = None
         self._coverage_staging: Optional[str] = None
@@ -153,8 +154,9 @@ class Runner:
         paths = [tempfile.gettempdir()]
         factory = getattr(self.config, "_tmp_path_factory", None)
         try:
-            if factory is not None:
+            if factory is not None and self._basetemp_outside_temp_dir():
                 paths.append(str(factory.getbasetemp()))
+                self._basetemp_made = True
         except OSError:
             # pytest cannot make its basetemp (a shared /tmp where pytest-of-<user> belongs to
             # someone else, a file in the way of --basetemp): without the plugin only the tests
@@ -163,6 +165,32 @@ class Runner:
             return tuple(dict.fromkeys(os.path.realpath(p) for p in paths))
         self._writable = tuple(dict.fromkeys(os.path.realpath(p) for p in paths))
         return self._writable
+
+    def _basetemp_outside_temp_dir(self) -> bool:
+        """Whether pytest's basetemp needs a rule of its own. By default it is made under the system
+        temp dir, writable already: then it is left for pytest to make when a test first asks for
+        ``tmp_path``, as without the plugin (making it costs a directory and, at exit, the clean-up
+        of old ones). A ``--basetemp`` is always made here: pytest empties it when it makes it, which
+        must not happen later in a test's child."""
+        if self.config.getoption("basetemp", None):
+            return True
+        temp = os.path.realpath(tempfile.gettempdir())
+        root = os.path.realpath(os.environ.get("PYTEST_DEBUG_TEMPROOT") or temp)
+        return not (root == temp or root.startswith(temp.rstrip(os.sep) + os.sep))
+
+    def basetemp_for(self, item: pytest.Item) -> None:
+        """Make pytest's basetemp before the fork when the test could ask for ``tmp_path`` inside its
+        call (through ``request``) and none was made yet. Made in a child, it would be that child's
+        alone: a numbered directory the pytest process does not know, its lock never released."""
+        if self._basetemp_made or "request" not in getattr(item, "fixturenames", ()):
+            return
+        factory = getattr(self.config, "_tmp_path_factory", None)
+        try:
+            if factory is not None:
+                factory.getbasetemp()
+        except OSError:
+            return  # pytest fails the test that asks for tmp_path, at the same call (see extra_writable)
+        self._basetemp_made = True
 
     def writable_root_of(self, path: str) -> Optional[str]:
         """The always-writable directory (system temp dir, basetemp) that contains ``path``, if any.
@@ -1536,6 +1564,7 @@ def run_call(item: pytest.Item, runtest: Callable[[], None], spec: SandboxSpec, 
     coverage = CoverageBridge.for_call(runner)
     guard = _InterruptGuard(item.nodeid)
     try:
+        runner.basetemp_for(item)
         sandbox = runner.sandbox_for(policy, policy_fn)
         sandbox.close_fds = runner.close_fds()
 

@@ -309,6 +309,56 @@ def test_a_basetemp_pytest_cannot_make_fails_only_the_tests_that_need_it(pyteste
         result.stdout.fnmatch_lines(["*ERROR at setup of test_tmp_path*"])
 
 
+def test_the_default_basetemp_is_made_only_when_a_test_asks_for_it(pytester, monkeypatch):
+    """pytest's default basetemp lies in the system temp dir, which sandboxed tests may write
+    already: the plugin leaves it for pytest to make when a test first asks for ``tmp_path``, as
+    without the plugin (making it cost every sandboxed run a directory and, at exit, pytest's clean-up
+    of old ones). A test asking for ``tmp_path`` in its signature or inside its call still writes
+    there; a basetemp outside the temp dir gets a rule of its own (without it the write is denied).
+    Run without pytester's ``--basetemp``, which would make it a given one."""
+    import getpass
+    import sys
+
+    user = getpass.getuser()
+    pytester.makepyfile(
+        test_none="""
+        def test_nothing():
+            pass
+        """,
+        test_writes="""
+        def test_inside_the_call(request):
+            path = request.getfixturevalue("tmp_path")
+            (path / "made").write_text("x")
+
+        def test_signature(tmp_path):
+            (tmp_path / "made").write_text("x")
+        """,
+    )
+    command = (sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "--sandlock-strict")
+    inside = pytester.path / "inside"
+    inside.mkdir()
+    monkeypatch.setenv("PYTEST_DEBUG_TEMPROOT", str(inside))
+    result = pytester.run(*command, "test_none.py")
+    result.assert_outcomes(passed=1)
+    assert list(inside.iterdir()) == []  # nothing made: no test asked
+    result = pytester.run(*command, "test_writes.py")
+    result.assert_outcomes(passed=2)
+    # One basetemp, made by the pytest process (in the first test's child it would be the child's).
+    made = sorted(str(p.relative_to(inside)) for p in inside.glob("pytest-of-*/pytest-[0-9]*/test_*0/made"))
+    names = ("inside_the_call", "signature")
+    assert made == [f"pytest-of-{user}/pytest-0/test_{name}0/made" for name in names]
+
+    # The temp dir elsewhere: the default basetemp is not under it, so it needs (and gets) a rule.
+    temp, outside = pytester.path / "temp", pytester.path / "outside"
+    temp.mkdir()
+    outside.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temp))
+    monkeypatch.setenv("PYTEST_DEBUG_TEMPROOT", str(outside))
+    result = pytester.run(*command, "test_writes.py")
+    result.assert_outcomes(passed=2)
+    assert len(list(outside.glob("pytest-of-*/pytest-0/test_*0/made"))) == 2
+
+
 def test_paths_and_arguments_that_are_not_utf8_cross_xdist(pytester):
     """A file name or a program argument that is not UTF-8 reaches Python as lone surrogates. In a
     sandboxed test's events and denial text they crashed the pytest-xdist worker (execnet refuses
