@@ -5,8 +5,8 @@
 Checks both commits out as git worktrees (in a temp dir), then runs the same generated suite of
 trivial tests under ``--sandlock-strict`` with each, alternating A and B round by round (these
 machines are noisy), and prints each side's median time of one test's runtest protocol and the
-median of the per-round B/A ratios with their range; then each side's whole-run wall time and the
-median per-round difference, for what a session pays once. This is how each change in BENCHMARKS.md
+median of the per-round B/A ratios with their range; then each side's whole-run wall and CPU time
+and the median per-round differences, for what a session pays once. This is how each change in BENCHMARKS.md
 ("What each optimisation bought") was measured. Never part of the test run.
 """
 
@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -42,17 +43,25 @@ def _repo() -> str:
     ).stdout.strip()
 
 
-def _run(suite: str, tree: str) -> tuple[float, float]:
-    """(median ms of one test's runtest protocol, whole run's wall time in ms) of one strict run."""
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _run(suite: str, tree: str) -> tuple[float, float, float]:
+    """(median ms of one test's runtest protocol, whole run's wall time and CPU time in ms, the
+    latter of pytest and all its children) of one strict run. CPU time does not count the time a
+    busy host takes the vCPU away, so it is the steadier measure of a session's one-off costs."""
     env = dict(os.environ, PYTHONPATH=tree)  # the worktree's package shadows the installed one
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--sandlock-strict"]
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _children_cpu()
     proc = subprocess.run(cmd, cwd=suite, env=env, capture_output=True, text=True)
     wall = (time.perf_counter() - start) * 1e3
+    cpu = (_children_cpu() - cpu) * 1e3
     found = re.search(r"PROTOCOL ([\d.]+) ms", proc.stderr)
     if proc.returncode != 0 or found is None:
         raise SystemExit(f"pytest failed with {tree}:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
-    return float(found.group(1)), wall
+    return float(found.group(1)), wall, cpu
 
 
 def main() -> None:
@@ -84,21 +93,25 @@ def main() -> None:
             subprocess.run([sys.executable, "-m", "compileall", "-q", trees[name]], check=True)
         times: dict[str, list[float]] = {"A": [], "B": []}
         walls: dict[str, list[float]] = {"A": [], "B": []}
+        cpus: dict[str, list[float]] = {"A": [], "B": []}
         for round_no in range(args.rounds):
             for name in ("A", "B") if round_no % 2 == 0 else ("B", "A"):
-                protocol, wall = _run(suite, trees[name])
+                protocol, wall, cpu = _run(suite, trees[name])
                 times[name].append(protocol)
                 walls[name].append(wall)
+                cpus[name].append(cpu)
         ratios = [b / a for a, b in zip(times["A"], times["B"])]
         print(f"A {args.a}: {statistics.median(times['A']):.3f} ms per test (runtest protocol, median)")
         print(f"B {args.b}: {statistics.median(times['B']):.3f} ms per test")
         print(f"B/A: {statistics.median(ratios):.3f}x (range {min(ratios):.3f}-{max(ratios):.3f})")
         # The whole run also carries what a session pays once (imports, probes, exit): B - A per round.
-        deltas = [b - a for a, b in zip(walls["A"], walls["B"])]
-        print(
-            f"whole run: A {statistics.median(walls['A']):.1f} ms, B {statistics.median(walls['B']):.1f} ms; "
-            f"B - A {statistics.median(deltas):+.1f} ms (range {min(deltas):+.1f} to {max(deltas):+.1f})"
-        )
+        for label, runs in (("wall", walls), ("CPU", cpus)):
+            deltas = [b - a for a, b in zip(runs["A"], runs["B"])]
+            print(
+                f"whole run, {label}: A {statistics.median(runs['A']):.1f} ms, "
+                f"B {statistics.median(runs['B']):.1f} ms; B - A {statistics.median(deltas):+.1f} ms "
+                f"(range {min(deltas):+.1f} to {max(deltas):+.1f})"
+            )
     finally:
         for tree in trees.values():
             subprocess.run(["git", "-C", repo, "worktree", "remove", "--force", tree], capture_output=True)

@@ -37,7 +37,7 @@ import tempfile
 import termios
 from dataclasses import dataclass
 
-import pyseccomp as sc
+from .seccomp_lib import pyseccomp as sc
 
 SECCOMP_SET_MODE_FILTER = 1
 SECCOMP_GET_NOTIF_SIZES = 3

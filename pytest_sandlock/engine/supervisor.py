@@ -29,8 +29,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
-import pyseccomp as sc
-
 from . import childmem, netops
 from .channel import ChannelServer
 from .errors import TreeUnreadable
@@ -43,6 +41,7 @@ from .policy import (
     coerce_verdict,
 )
 from .proctree import ProcessTree, _children_of, read_ids
+from .seccomp_lib import pyseccomp as sc
 from .syscalls import PIDFD_THREAD, forget_memory_fd, forget_memory_fds, pidfd_getfd, pidfd_open
 
 PolicyFn = Callable[[SyscallEvent, PolicyContext], Any]
