@@ -1,7 +1,17 @@
 """What this kernel can enforce, probed once per process.
 
-Seccomp features are probed in a throwaway forked child (installing a filter is irreversible), so
-probing never confines the caller.
+Probing never confines the caller, and normally forks nothing: a fork of a pytest process costs
+about 2 ms, and the page faults after it as much again, at the start of every sandboxed session.
+
+- The seccomp flags are tried on a throwaway thread. Without ``SECCOMP_FILTER_FLAG_TSYNC`` a filter,
+  like ``no_new_privs``, belongs to the one thread that installs it and ends with that thread; the
+  filter allows everything, and its listener is closed before the thread ends.
+- Whether the supervisor may read a child's memory (``process_vm_readv``, which Yama's ptrace_scope
+  2 or 3 refuses) is asked of a child started with ``posix_spawn``, a vfork and exec that copies
+  none of this process's pages.
+
+Anything those cannot settle, and any refusal, is probed again the old way, in a forked child that
+installs the filter and has its memory read: a refusal is never reported from the quick probe alone.
 """
 
 from __future__ import annotations
@@ -12,6 +22,9 @@ import fcntl
 import json
 import os
 import platform
+import signal
+import sys
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
@@ -20,11 +33,13 @@ from .notify import IOCTL_NOTIF_SET_FLAGS, USER_NOTIF_FD_SYNC_WAKE_UP
 from .seccomp_filter import FLAG_NEW_LISTENER, FLAG_WAIT_KILLABLE_RECV, SECCOMP_SET_MODE_FILTER, allow_all
 from .syscalls import (
     PIDFD_THREAD,
+    PR_GET_DUMPABLE,
     PR_SET_NO_NEW_PRIVS,
     pidfd_getfd,
     pidfd_open,
     prctl,
     read_memory_spans,
+    read_memory_vm,
     seccomp,
 )
 
@@ -83,7 +98,113 @@ class Capabilities:
 _MARKER = b"pytest-sandlock memory probe"
 
 
+_SECCOMP_KEYS = ("listener", "killable", "sync", "nested")
+
+
+def _try_listener_flags(result: dict[str, bool]) -> None:
+    """Install an allow-all filter with a listener, with each set of flags until one works (in the
+    thread or child that calls this: the filter confines it)."""
+    prctl(PR_SET_NO_NEW_PRIVS, 1)
+    prog = allow_all()
+    for flags, key in (
+        (FLAG_NEW_LISTENER | FLAG_WAIT_KILLABLE_RECV, "killable"),
+        (FLAG_NEW_LISTENER, ""),
+    ):
+        try:
+            fd = seccomp(SECCOMP_SET_MODE_FILTER, flags, prog.fprog_address)
+        except OSError as exc:
+            # EBUSY: a filter of this process's chain has a listener already (the kernel
+            # allows one per chain), i.e. this pytest runs inside a sandbox.
+            result["nested"] = result["nested"] or exc.errno == errno.EBUSY
+            continue
+        result["listener"] = True
+        if key:
+            result[key] = True
+        try:
+            fcntl.ioctl(fd, IOCTL_NOTIF_SET_FLAGS, USER_NOTIF_FD_SYNC_WAKE_UP)
+            result["sync"] = True
+        except OSError:
+            pass
+        os.close(fd)
+        break
+
+
+def _listener_flags_on_a_thread() -> Optional[dict[str, bool]]:
+    """The seccomp flags, tried on a throwaway thread (see the module docstring); None if the thread
+    could not run or the probe failed for another reason than the kernel's answer."""
+    result = dict.fromkeys(_SECCOMP_KEYS, False)
+    failed: list[BaseException] = []
+
+    def probe() -> None:
+        try:
+            _try_listener_flags(result)
+        except BaseException as exc:  # noqa: BLE001 - reported to the caller, which probes by fork
+            failed.append(exc)
+
+    try:
+        thread = threading.Thread(target=probe, name="pytest-sandlock-probe", daemon=True)
+        thread.start()
+        thread.join()
+    except RuntimeError:  # no thread can be started (a thread limit)
+        return None
+    return None if failed else result
+
+
+def _spawned_child_memory_readable() -> Optional[bool]:
+    """Whether ``process_vm_readv`` may read a child of this process; None if it cannot tell.
+
+    The child is this interpreter, started with ``posix_spawn`` and killed once asked. The access
+    check comes before any page is read: EPERM is a refusal, EFAULT (an address the exec has not
+    mapped yet) or data is a permission. A forked child inherits this process's dumpable flag, an
+    exec'd one does not: when this process is not dumpable only a forked child can tell."""
+    try:
+        if prctl(PR_GET_DUMPABLE) != 1:
+            return None
+    except OSError:
+        return None
+    stdin_r, stdin_w = os.pipe()
+    argv = [sys.executable, "-I", "-S", "-c", "import os; os.read(0, 1)"]
+    try:
+        try:
+            pid = os.posix_spawn(sys.executable, argv, {}, file_actions=[(os.POSIX_SPAWN_DUP2, stdin_r, 0)])
+        except OSError:
+            return None
+        try:
+            read_memory_vm(pid, _start_stack(pid), 1)
+            return True
+        except OSError as exc:
+            if exc.errno in (errno.EPERM, errno.EACCES):
+                return False
+            return True if exc.errno == errno.EFAULT else None
+        finally:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+    finally:
+        os.close(stdin_r)
+        os.close(stdin_w)
+
+
+def _start_stack(pid: int) -> int:
+    """A child's stack address (``/proc/<pid>/stat`` field 28; 0 while an exec is still setting
+    it up, or if /proc hides it)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            data = fh.read()
+        return int(data[data.rindex(b")") + 2 :].split()[25])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def _probe_seccomp() -> dict[str, bool]:
+    """The seccomp flags and child-memory access, without a fork when everything works."""
+    flags = _listener_flags_on_a_thread()
+    complete = flags is not None and flags["listener"] and flags["killable"] and flags["sync"]
+    if flags is not None and complete and _spawned_child_memory_readable():
+        return {**flags, "memory": True}
+    return _probe_in_a_forked_child()  # something missing or unsettled: the full probe decides
+
+
+def _probe_in_a_forked_child() -> dict[str, bool]:
     """Install an allow-all filter with a listener in a forked child and report what worked; then
     read the child's memory as the supervisor will (Yama's ptrace_scope 2 or 3 forbids it)."""
     read_fd, write_fd = os.pipe()
@@ -91,32 +212,11 @@ def _probe_seccomp() -> dict[str, bool]:
     marker = ctypes.create_string_buffer(_MARKER)
     pid = os.fork()
     if pid == 0:
-        result = {"listener": False, "killable": False, "sync": False, "nested": False}
+        result = dict.fromkeys(_SECCOMP_KEYS, False)
         try:
             os.close(read_fd)
             os.close(done_w)
-            prctl(PR_SET_NO_NEW_PRIVS, 1)
-            prog = allow_all()
-            for flags, key in (
-                (FLAG_NEW_LISTENER | FLAG_WAIT_KILLABLE_RECV, "killable"),
-                (FLAG_NEW_LISTENER, ""),
-            ):
-                try:
-                    fd = seccomp(SECCOMP_SET_MODE_FILTER, flags, prog.fprog_address)
-                except OSError as exc:
-                    # EBUSY: a filter of this process's chain has a listener already (the kernel
-                    # allows one per chain), i.e. this pytest runs inside a sandbox.
-                    result["nested"] = result["nested"] or exc.errno == errno.EBUSY
-                    continue
-                result["listener"] = True
-                if key:
-                    result[key] = True
-                try:
-                    fcntl.ioctl(fd, IOCTL_NOTIF_SET_FLAGS, USER_NOTIF_FD_SYNC_WAKE_UP)
-                    result["sync"] = True
-                except OSError:
-                    pass
-                break
+            _try_listener_flags(result)
         finally:
             os.write(write_fd, json.dumps(result).encode())
             os.read(done_r, 1)  # alive (and unchanged) while the parent reads its memory
@@ -138,8 +238,7 @@ def _probe_seccomp() -> dict[str, bool]:
         parsed = json.loads(data)
     except ValueError:
         parsed = {}
-    keys = ("listener", "killable", "sync", "nested")
-    return {**{k: bool(parsed.get(k)) for k in keys}, "memory": memory}
+    return {**{k: bool(parsed.get(k)) for k in _SECCOMP_KEYS}, "memory": memory}
 
 
 def _ptrace_scope() -> str:

@@ -23,6 +23,7 @@ NR_PIDFD_GETFD = 438
 
 PR_SET_PDEATHSIG = 1
 PR_SET_NO_NEW_PRIVS = 38
+PR_GET_DUMPABLE = 3
 PR_SET_CHILD_SUBREAPER = 36
 PR_GET_CHILD_SUBREAPER = 37
 
@@ -184,7 +185,7 @@ def read_memory(pid: int, address: int, length: int) -> bytes:
         if len(_seen_once) > 4096:
             _seen_once.clear()
         _seen_once.add(pid)
-        return _read_memory_vm(pid, address, length)
+        return read_memory_vm(pid, address, length)
     for _attempt in range(2):
         try:
             data = os.pread(_mem_fd(pid), length, address)
@@ -195,7 +196,7 @@ def read_memory(pid: int, address: int, length: int) -> bytes:
         fd = _mem_fds.pop(pid, None)  # stale (process gone or exec'd): reopen once
         if fd is not None:
             os.close(fd)
-    return _read_memory_vm(pid, address, length)
+    return read_memory_vm(pid, address, length)
 
 
 def read_memory_spans(pid: int, spans: list[tuple[int, int]]) -> list[bytes]:
@@ -229,7 +230,9 @@ def read_memory_spans(pid: int, spans: list[tuple[int, int]]) -> list[bytes]:
     return out
 
 
-def _read_memory_vm(pid: int, address: int, length: int) -> bytes:
+def read_memory_vm(pid: int, address: int, length: int) -> bytes:
+    """One ``process_vm_readv``, no descriptor kept: an error raises OSError with the kernel's
+    errno (EPERM when the ptrace access check refuses, before any page is read)."""
     buf = ctypes.create_string_buffer(length)
     local = _IoVec(ctypes.addressof(buf), length)
     remote = _IoVec(address, length)

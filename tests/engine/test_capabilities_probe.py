@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import errno
+import json
+import subprocess
+import sys
+
 import pytest
 
 from pytest_sandlock.engine import capabilities
@@ -12,15 +17,17 @@ def test_this_machine_is_usable() -> None:
     assert caps.usable, caps.problems
 
 
+def _refused(*args: object) -> bytes:
+    raise PermissionError(errno.EPERM, "Operation not permitted")
+
+
 def test_unreadable_child_memory_is_a_clear_problem(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Yama's ptrace_scope 2 or 3 (not on this kernel) refuses process_vm_readv: simulated here.
-    The probe must say so in words, instead of every supervised call failing later."""
-
-    def refused(pid: int, spans: list[tuple[int, int]]) -> list[bytes]:
-        raise PermissionError(1, "Operation not permitted")
-
+    """Yama's ptrace_scope 2 or 3 (not on this kernel) refuses process_vm_readv: simulated here,
+    for the quick probe's spawned child and the forked one. The probe must say so in words,
+    instead of every supervised call failing later."""
     monkeypatch.setattr(capabilities, "_cached", None)  # restored after the test
-    monkeypatch.setattr(capabilities, "read_memory_spans", refused)
+    monkeypatch.setattr(capabilities, "read_memory_vm", _refused)
+    monkeypatch.setattr(capabilities, "read_memory_spans", _refused)
     caps = capabilities.probe(refresh=True)
     assert not caps.usable
     assert any("cannot read a child process's memory" in p for p in caps.problems), caps.problems
@@ -36,3 +43,78 @@ def test_a_sandbox_refuses_to_run_on_an_unusable_kernel(monkeypatch: pytest.Monk
     monkeypatch.setattr(box.capabilities, "problems", ["cannot read a child process's memory (simulated)"])
     with pytest.raises(KernelFeatureError, match="cannot read a child process's memory"):
         box.call(int)
+
+
+def _counting_forked_probe(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, bool]]:
+    calls: list[dict[str, bool]] = []
+    forked = capabilities._probe_in_a_forked_child
+
+    def counting() -> dict[str, bool]:
+        calls.append(forked())
+        return calls[-1]
+
+    monkeypatch.setattr(capabilities, "_cached", None)
+    monkeypatch.setattr(capabilities, "_probe_in_a_forked_child", counting)
+    return calls
+
+
+def test_the_probe_forks_nothing_where_everything_works(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The seccomp flags come from a throwaway thread and child-memory access from a spawned
+    child (real kernel, both): the forked probe, and its 2 ms fork of a pytest process, is not run.
+    Its answer is the forked probe's."""
+    calls = _counting_forked_probe(monkeypatch)
+    caps = capabilities.probe(refresh=True)
+    assert calls == []
+    assert caps.usable and caps.seccomp_listener and caps.wait_killable_recv and caps.sync_wakeup
+    assert caps.child_memory
+    assert capabilities._probe_seccomp() == capabilities._probe_in_a_forked_child()
+    assert len(calls) == 1  # only the explicit call above
+
+
+def test_a_refusal_of_the_quick_probe_is_checked_in_a_forked_child(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The spawned child's memory refused (simulated): the forked probe decides, and here it reads
+    the memory, so the sandbox stays usable. A refusal is never reported from the quick probe alone
+    (an exec'd child can differ from a forked one: a binary the user may run but not read)."""
+    calls = _counting_forked_probe(monkeypatch)
+    monkeypatch.setattr(capabilities, "read_memory_vm", _refused)
+    assert capabilities._spawned_child_memory_readable() is False
+    caps = capabilities.probe(refresh=True)
+    assert len(calls) == 1 and calls[0]["memory"] is True
+    assert caps.usable and caps.child_memory
+
+
+def test_the_access_check_comes_before_the_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Read before the exec has set the stack address (0 here, unmapped): EFAULT, which the kernel
+    returns only after its ptrace access check allowed the read, so it counts as readable."""
+    monkeypatch.setattr(capabilities, "_start_stack", lambda pid: 0)
+    assert capabilities._spawned_child_memory_readable() is True
+
+
+PROBE_AND_SHOW_THREADS = """
+import glob, json, threading
+from pytest_sandlock.engine import capabilities
+
+def tasks():
+    found = {}
+    for path in glob.glob("/proc/self/task/*/status"):
+        fields = dict(line.split(":", 1) for line in open(path) if ":" in line)
+        keys = ("Seccomp", "Seccomp_filters", "NoNewPrivs")
+        found[path.split("/")[4]] = {k: fields[k].strip() for k in keys}
+    return found
+
+before = tasks()
+caps = capabilities.probe()
+shown = {"before": before, "after": tasks(), "threads": threading.active_count(), "usable": caps.usable}
+print(json.dumps(shown))
+"""
+
+
+def test_the_probe_leaves_no_filter_and_no_no_new_privs_on_any_thread() -> None:
+    """The probe's filter and no_new_privs were the throwaway thread's: afterwards every thread of
+    the process (here a fresh interpreter's) is as it was, and the probe's thread is gone."""
+    proc = subprocess.run([sys.executable, "-c", PROBE_AND_SHOW_THREADS], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    shown = json.loads(proc.stdout)
+    assert shown["usable"] and shown["threads"] == 1
+    assert shown["after"] == shown["before"]
+    assert all(task["Seccomp"] == "0" and task["Seccomp_filters"] == "0" for task in shown["after"].values())
