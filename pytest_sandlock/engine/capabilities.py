@@ -178,10 +178,17 @@ def _spawned_child_memory_readable() -> Optional[bool]:
             return True if exc.errno == errno.EFAULT else None
         finally:
             os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
+            _reap(pid)
     finally:
         os.close(stdin_r)
         os.close(stdin_w)
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass  # reaped by someone else's SIGCHLD handler (waitpid(-1) in a plugin): gone either way
 
 
 def _start_stack(pid: int) -> int:
@@ -233,7 +240,7 @@ def _probe_in_a_forked_child() -> dict[str, bool]:
     finally:
         os.close(read_fd)
         os.close(done_w)
-        os.waitpid(pid, 0)
+        _reap(pid)
     try:
         parsed = json.loads(data)
     except ValueError:

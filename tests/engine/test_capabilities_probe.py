@@ -118,3 +118,32 @@ def test_the_probe_leaves_no_filter_and_no_no_new_privs_on_any_thread() -> None:
     assert shown["usable"] and shown["threads"] == 1
     assert shown["after"] == shown["before"]
     assert all(task["Seccomp"] == "0" and task["Seccomp_filters"] == "0" for task in shown["after"].values())
+
+
+PROBE_WITH_ITS_CHILDREN_REAPED_ELSEWHERE = """
+import os
+from pytest_sandlock.engine import capabilities
+
+real_waitpid = os.waitpid
+
+def reaped_elsewhere(pid, options):
+    real_waitpid(pid, options)  # what a plugin's SIGCHLD handler calling waitpid(-1) did first
+    raise ChildProcessError(10, "No child processes")
+
+os.waitpid = reaped_elsewhere
+print(capabilities._probe_seccomp()["memory"], capabilities._probe_in_a_forked_child()["memory"])
+"""
+
+
+def test_children_reaped_by_someone_else_do_not_break_the_probe() -> None:
+    """A plugin's SIGCHLD handler may reap the probe's children before the probe does
+    (``waitpid(-1)``): the probe still answers. Simulated in a fresh interpreter, whose waitpid
+    finds every child reaped already."""
+    proc = subprocess.run(
+        [sys.executable, "-c", PROBE_WITH_ITS_CHILDREN_REAPED_ELSEWHERE],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["True", "True"]
