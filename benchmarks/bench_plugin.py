@@ -7,11 +7,13 @@ plain and sandboxed variants round by round (these machines are noisy), then pri
 for ratios, the median of the per-round ratios with their range:
 
 1. N trivial tests, plain vs --sandlock-strict: per-test extra cost, against a bare fork()+waitpid()
-   of the same pytest process (measured inside that process by a session fixture), next to two
-   floors any fork-per-test design pays here: a fork+waitpid in each test's call phase, and each
-   call run in a bare forked child (no confinement, no supervisor); with ``--forked-python`` (an
-   interpreter that has pytest-forked next to this pytest, see run_all.py) also ``--forked``, the
-   fork-per-test plugin users already run for isolation, as a reference;
+   of the same pytest process (measured inside that process by a session fixture), three ways: by
+   whole-run wall time (which also spreads a run's one-off costs over its N tests), by the marginal
+   cost (runs of 2N tests against runs of N: the one-off costs cancel) and timed inside pytest;
+   next to two floors any fork-per-test design pays here: a fork+waitpid in each test's call
+   phase, and each call run in a bare forked child (no confinement, no supervisor); with
+   ``--forked-python`` (an interpreter that has pytest-forked next to this pytest, see run_all.py)
+   also ``--forked``, the fork-per-test plugin users already run for isolation, as a reference;
 2. 300 connects to a loopback listener from one test, sandboxed vs not;
 3. subprocess.run(["/bin/true"]) x50 from one test, sandboxed vs not;
 4. 1,000 file writes into tmp_path from one test, sandboxed vs not;
@@ -187,6 +189,8 @@ def _write_suite(root: str, n: int) -> None:
         fh.write(WORK)
     with open(os.path.join(root, "test_many.py"), "w") as fh:
         fh.write(TRIVIAL.format(n=1000))
+    with open(os.path.join(root, "test_double.py"), "w") as fh:  # the marginal cost: 2N against N
+        fh.write(TRIVIAL.format(n=2 * n))
     with open(os.path.join(root, "pytest.ini"), "w") as fh:
         fh.write("[pytest]\n")
 
@@ -252,6 +256,8 @@ def main() -> None:
     forked_t: list[float] = []  # pytest-forked, when --forked-python is given
     forked_p: list[float] = []
     plain_x, strict_x = [], []
+    plain_2n: list[float] = []
+    strict_2n: list[float] = []
     work: dict[str, dict[str, list[float]]] = {
         k: {"plain": [], "box": []} for k in ("connect", "true", "writes")
     }
@@ -262,6 +268,8 @@ def main() -> None:
         strict_t.append(_pytest(root, out, "test_trivial.py", strict, env_extra={"BENCH_FORK": "1"}))
         round_forks += _read(out, "fork")
         strict_p.extend(_read(out, "protocol"))
+        plain_2n.append(_pytest(root, out, "test_double.py"))
+        strict_2n.append(_pytest(root, out, "test_double.py", strict))
         for floor in floor_t:
             env = {"BENCH_FLOOR": floor, "BENCH_FORK": "1"}
             floor_t[floor].append(_pytest(root, out, "test_trivial.py", env_extra=env))
@@ -303,6 +311,18 @@ def main() -> None:
             f"{fork * 1e3:.2f} ms (fork)",
             f"{extra * 1e3:.2f} ms",
             _ratio(per_test_vs_fork(strict_t)),
+        )
+    )
+    # What one more sandboxed test adds to a run: the 2N-test runs against the N-test ones, so that a
+    # run's one-off costs (imports, the first test, the end of the session) cancel out, while every
+    # per-test cost is in, outside the runtest protocol as well.
+    marginal = [((s2 - s1) - (p2 - p1)) / n for s1, s2, p1, p2 in zip(strict_t, strict_2n, plain_t, plain_2n)]
+    rows.append(
+        (
+            f"  same, marginal (runs of {2 * n} against {n} tests)",
+            "",
+            f"{statistics.median(marginal) * 1e3:.2f} ms",
+            _ratio([m / f for m, f in zip(marginal, forks)]),
         )
     )
     rows.append(
