@@ -10,51 +10,49 @@ such as a dynamic xfail, and ``user_properties``). :func:`run_call` applies thos
 the outcome in the pytest process, so skip/xfail/``-x``/``pytest.exit`` behave as usual, and records the
 events.
 
-Compatibility with other plugins lives here too:
-
-- coverage.py / pytest-cov: the child ends with ``os._exit``, so coverage's atexit save never runs there.
-  The child saves its collector's data explicitly, into a staging directory under the system temp dir (which
-  the sandbox always lets it write); the pytest process then moves each staged data file next to the
-  configured data file (the rootdir, read-only inside the sandbox), named as a parallel data file, so that
-  pytest-cov's (or ``coverage combine``'s) combine step picks it up. Python subprocesses of the test that
-  start coverage themselves (pytest-cov < 7: ``COV_CORE_DATAFILE``; coverage's ``[run] patch = subprocess``:
-  ``COVERAGE_PROCESS_CONFIG``) are pointed at the same staging directory. See :class:`CoverageBridge`.
-- pytest-timeout (signal method) and Ctrl-C: a SIGALRM/SIGINT handler that raises in the pytest process would
-  interrupt the supervisor loop and leave the child tree running. While a sandboxed call phase runs, such a
-  handler is wrapped (:class:`_InterruptGuard`): it runs at once (pytest-timeout dumps its stacks), the
-  child tree is killed, the supervisor finishes normally, and only then is the handler's exception raised.
+Its companions: :mod:`pytest_sandlock.exception_transport` (how the outcome's exception crosses back),
+:mod:`pytest_sandlock.coverage_bridge` (coverage data measured in the child) and
+:mod:`pytest_sandlock.interrupt_guard` (pytest-timeout and Ctrl-C during the call).
 """
 
 from __future__ import annotations
 
-import _signal  # see _InterruptGuard.SIGNALS
 import contextlib
 import dataclasses
 import gc
 import io
 import os
-import pickle
 import shutil
-import signal
 import sys
 import tempfile
 import threading
 import warnings
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import pytest
 
 from pytest_sandlock import strict
+from pytest_sandlock.coverage_bridge import CoverageBridge
 from pytest_sandlock.engine.errors import (
     ChildException,
     KernelFeatureError,
     SandboxCrash,
     SandboxError,
-    TreeUnreadable,
 )
 from pytest_sandlock.engine.policy import Policy, SyscallEvent, coerce_verdict
+from pytest_sandlock.exception_transport import (
+    UNRESTORED,
+    exception_data,
+    outcome_exception,
+    rebuild_exception_value,
+    rebuild_outcome,
+    safe_str,
+    try_pickle,
+    try_unpickle,
+)
 from pytest_sandlock.fixture import FIXTURE_KEY
+from pytest_sandlock.interrupt_guard import InterruptGuard, quiet_fork_warning
 from pytest_sandlock.markers import SandboxSpec
 from pytest_sandlock.options import Settings
 
@@ -77,7 +75,6 @@ _DEVICES = (
     "/dev/pts",
     "/dev/shm",
 )
-_FORK_WARNING = r".*use of fork\(\) may lead to deadlocks"
 
 
 @dataclass
@@ -339,274 +336,6 @@ def compose_policy_fn(
 
 
 # --------------------------------------------------------------------------------------------------------
-# coverage.py (pytest-cov) across the fork
-# --------------------------------------------------------------------------------------------------------
-
-
-def _active_coverage() -> Any:
-    """The running ``coverage.Coverage`` (pytest-cov's or ``coverage run``'s), without importing coverage."""
-    module = sys.modules.get("coverage")
-    current = getattr(getattr(module, "Coverage", None), "current", None)
-    if current is None:
-        return None
-    try:
-        return current()
-    except Exception:
-        return None
-
-
-class CoverageBridge:
-    """Gets the coverage data measured in the sandboxed child (and its Python subprocesses) to the data file.
-
-    Why a staging directory: coverage writes parallel data files (``.coverage.<host>.pid<N>.X<rand>x``) next
-    to its data file, normally the rootdir, which the sandbox makes read-only. Making that directory writable
-    for the child would open the whole source tree to the test (Landlock grants directories, not file name
-    patterns), so the child writes into a private directory under the system temp dir instead, and the
-    pytest process, unconfined, moves what appeared there into the data file's directory after the call.
-    pytest-cov's combine step at the end of the session (or ``coverage combine``) then merges them.
-
-    The child's data file is chosen by coverage itself on its first save after the fork (coverage notices the
-    new pid and picks a fresh parallel name); the bridge only changes the directory of that name. The parent's
-    collector, its data file and its contexts (``--cov-context=test``) are untouched.
-    """
-
-    def __init__(self, cov: Any, staging: str) -> None:
-        self.staging = staging
-        data = getattr(cov, "_data", None)
-        basename = getattr(data, "_basename", None)
-        if not isinstance(basename, str):
-            basename = os.path.abspath(str(getattr(getattr(cov, "config", None), "data_file", ".coverage")))
-        self.target_dir, self.basename = os.path.split(basename)
-
-    @classmethod
-    def for_call(cls, runner: Runner) -> Optional[CoverageBridge]:
-        cov = _active_coverage()
-        return None if cov is None else cls(cov, runner.coverage_staging())
-
-    # -- in the child ---------------------------------------------------------------------------------
-
-    def redirect_in_child(self) -> Optional[str]:
-        """Before the test: send this process's and its Python subprocesses' coverage data to staging."""
-        staged = os.path.join(self.staging, self.basename)
-        os.environ["COV_CORE_DATAFILE"] = staged  # pytest-cov < 7: its .pth starts coverage in subprocesses
-        problem = None
-        config_env = os.environ.get("COVERAGE_PROCESS_CONFIG")
-        if config_env:  # coverage >= 7.10 ``[run] patch = subprocess`` (the pytest-cov 7 way)
-            try:
-                from coverage.config import CoverageConfig
-
-                config = CoverageConfig.deserialize(config_env)
-                config.data_file = os.path.join(self.staging, os.path.basename(config.data_file))
-                os.environ["COVERAGE_PROCESS_CONFIG"] = config.serialize()
-            except Exception as exc:
-                problem = f"subprocess coverage not redirected: {type(exc).__name__}: {exc}"
-        cov = _active_coverage()
-        data = getattr(cov, "_data", None)
-        if data is None or not hasattr(data, "_basename"):
-            return problem or "coverage is active but its data object is not the one expected"
-        data._basename = staged
-        return problem
-
-    def save_in_child(self) -> Optional[str]:
-        """After the test: write what the child measured (``os._exit`` skips coverage's atexit save)."""
-        cov = _active_coverage()
-        if cov is None:
-            return None
-        try:
-            cov.save()
-        except Exception as exc:
-            return f"{type(exc).__name__}: {exc}"
-        return None
-
-    # -- in the pytest process ------------------------------------------------------------------------
-
-    def collect(self) -> list[str]:
-        """Move the staged data files next to the data file; returns the problems met."""
-        problems: list[str] = []
-        try:
-            names = os.listdir(self.staging)
-        except OSError as exc:
-            return [f"cannot list {self.staging}: {exc}"]
-        for name in names:
-            if name != self.basename and not name.startswith(self.basename + "."):
-                continue
-            if name.endswith("-journal"):
-                continue
-            target = name
-            if name == self.basename:  # a subprocess that was not in parallel mode: give it a parallel name
-                target = f"{name}.{_parallel_suffix()}"
-            try:
-                shutil.move(os.path.join(self.staging, name), os.path.join(self.target_dir, target))
-            except OSError as exc:
-                problems.append(f"cannot move coverage data {name} to {self.target_dir}: {exc}")
-        return problems
-
-
-def _parallel_suffix() -> str:
-    try:
-        from coverage.sqldata import filename_suffix
-
-        suffix = filename_suffix(True)
-        if isinstance(suffix, str):
-            return suffix
-    except Exception:
-        pass
-    import random
-    import socket
-    import string
-
-    rand = "".join(random.choice(string.ascii_letters) for _ in range(6))
-    return f"{socket.gethostname().replace('.', '_')}.pid{os.getpid()}.X{rand}x"
-
-
-# --------------------------------------------------------------------------------------------------------
-# signals that interrupt the call phase (pytest-timeout's signal method, Ctrl-C)
-# --------------------------------------------------------------------------------------------------------
-
-
-class _InterruptGuard:
-    """While the supervisor loop runs, a timeout or Ctrl-C kills the child tree instead of the loop.
-
-    The supervisor runs in the pytest process's main thread, where Python runs signal handlers. A handler
-    that raises there (pytest-timeout's ``Timeout (>Ns)`` failure, ``KeyboardInterrupt``) would leave the
-    supervisor loop in the middle, with the confined tree still running and nobody supervising it. Instead
-    the handler is called from a wrapper: if it raises, the exception is kept, every confined process this
-    call started is killed (so the supervisor loop ends as for any crash and reaps the tree), and the
-    exception is raised once ``Sandbox.call`` has returned. A handler that returns normally changes nothing.
-
-    pytest-timeout's thread method ends the whole pytest process with ``os._exit(1)`` because a thread cannot
-    be interrupted. A sandboxed test's code runs in the child, which can: while the call phase runs, the
-    timer's function is replaced so that it kills the child tree and fails the test with pytest-timeout's
-    message; the session goes on. (A timeout in setup or teardown keeps pytest-timeout's own behaviour.)
-    """
-
-    # Plain ints, used with _signal, the C module that signal.signal/getsignal wrap: those turn every
-    # handler into an enum member and back (a ValueError raised and caught per callable handler),
-    # some 40 pages the pytest process writes per test while it shares them with the child.
-    SIGNALS = (int(signal.SIGALRM), int(signal.SIGINT))
-    RETRY = 0.05  # seconds: when the child is not confined yet at the alarm, try the kill again
-
-    def __init__(self, nodeid: str) -> None:
-        self.nodeid = nodeid
-        self.pending: Optional[BaseException] = None
-        self._saved: dict[int, Any] = {}
-        self.root: Optional[int] = None  # the confined child, once launched (Sandbox on_launch)
-        self._armed = False
-        self._wrapped = False  # handlers wrapped (once per call, at launch)
-        self._active = False
-        self._timer: Optional[tuple[Any, Any]] = None
-
-    def __enter__(self) -> _InterruptGuard:
-        if threading.current_thread() is threading.main_thread():
-            self._active = True
-        return self
-
-    def _arm(self) -> None:
-        """Wrap the handlers; called from ``launched``, i.e. in the parent once it holds the
-        listener, while the child runs the test (off the test's path). Before that moment a raising
-        handler simply propagates, and the launcher or ``Sandbox._supervise`` kills the tree."""
-        for signum in self.SIGNALS:
-            handler = _signal.getsignal(signum)
-            if callable(handler):
-                self._saved[signum] = handler
-                _signal.signal(signum, self._wrap(handler))
-        self._hook_timeout_thread()
-
-    def __exit__(self, *exc_info: Any) -> None:
-        self._active = False
-        if self._armed:  # our retry alarm must not reach the restored handler (pytest-timeout's is spent)
-            signal.setitimer(signal.ITIMER_REAL, 0)
-        for signum, handler in self._saved.items():
-            _signal.signal(signum, handler)
-        self._saved.clear()
-        if self._timer is not None:
-            timer, original = self._timer
-            timer.function = original
-            self._timer = None
-        # None first: pytest.fail.Exception is three look-ups, pages written in every test's end.
-        if self.pending is not None and isinstance(self.pending, pytest.fail.Exception):
-            self.pending.pytrace = False  # the pytest-process traceback would only show this guard
-
-    def _wrap(self, handler: Callable[..., Any]) -> Callable[[int, Any], None]:
-        def guarded(signum: int, frame: Any) -> None:
-            __tracebackhide__ = True
-            if self.pending is not None:  # already interrupted: finish killing
-                self._kill_or_retry()
-                return
-            try:
-                handler(signum, frame)
-            except BaseException as exc:  # noqa: BLE001 - kept and raised after the supervisor is done
-                self.pending = exc
-                self._kill_or_retry()
-
-        return guarded
-
-    def _hook_timeout_thread(self) -> None:
-        module = sys.modules.get("pytest_timeout")
-        original_fn = getattr(module, "timeout_timer", None)
-        if original_fn is None or threading.active_count() == 1:  # no timer thread is running
-            return
-        name = f"pytest_timeout {self.nodeid}"
-        for timer in threading.enumerate():
-            if isinstance(timer, threading.Timer) and timer.name == name and timer.function is original_fn:
-                break
-        else:
-            return
-        message = str(getattr(module, "PYTEST_FAILURE_MESSAGE", "Timeout (>%ss) from pytest-timeout."))
-        original = timer.function
-        args = tuple(timer.args)
-
-        def fire(*a: Any, **kw: Any) -> None:
-            if not self._active:
-                original(*a, **kw)
-                return
-            settings = args[1] if len(args) > 1 else None
-            self.pending = pytest.fail.Exception(message % getattr(settings, "timeout", "?"), pytrace=False)
-            while self._active and not self.kill_confined():
-                threading.Event().wait(self.RETRY)
-
-        timer.function = fire
-        self._timer = (timer, original)
-
-    def _kill_or_retry(self) -> None:
-        if not self.kill_confined() and signal.SIGALRM in self._saved:
-            signal.setitimer(signal.ITIMER_REAL, self.RETRY)  # the alarm comes back to ``guarded``
-            self._armed = True
-
-    def launched(self, pid: int) -> None:
-        self.root = pid
-        if self._active and not self._wrapped:
-            self._wrapped = True
-            self._arm()
-
-    def kill_confined(self) -> bool:
-        """SIGKILL the confined tree of this call (the root, its descendants, orphans it left to the
-        pytest process); False while the child is not launched yet."""
-        from pytest_sandlock.engine import proctree
-
-        if self.root is None:
-            return False
-        # This runs in a signal handler: an unreadable /proc must not raise here. What was found
-        # is killed; the supervisor's end of run lists the tree again and reports what it cannot.
-        try:
-            orphans = proctree.confined_children(proctree.own_filter_count())
-        except TreeUnreadable as exc:
-            orphans = exc.found
-        try:
-            tree = proctree.descendants([self.root, *orphans])
-        except TreeUnreadable as exc:
-            tree = exc.found or [self.root]
-        found = False
-        for pid in tree:
-            try:
-                os.kill(pid, signal.SIGKILL)
-                found = True
-            except ProcessLookupError:
-                pass
-        return found
-
-
-# --------------------------------------------------------------------------------------------------------
 # the child side
 # --------------------------------------------------------------------------------------------------------
 
@@ -633,28 +362,6 @@ def _report_handler_stream(config: pytest.Config) -> Optional[io.StringIO]:
     plugin = config.pluginmanager.get_plugin("logging-plugin")
     stream = getattr(getattr(plugin, "report_handler", None), "stream", None)
     return stream if isinstance(stream, io.StringIO) else None
-
-
-def _try_pickle(obj: object) -> Optional[bytes]:
-    try:
-        return pickle.dumps(obj)
-    except Exception:
-        return None
-
-
-def _exception_data(exc: BaseException) -> dict[str, Any]:
-    """An exception as plain data for the pytest process (see ``_rebuild_exception_value``)."""
-    return {
-        "pickled": _try_pickle(exc),
-        "type": f"{type(exc).__module__}.{type(exc).__qualname__}",
-        "text": _safe_str(exc),
-        # For an exception that does not pickle back (an __init__ that takes other arguments than
-        # its args, an attribute that does not pickle): its class, args and attributes, each sent on
-        # its own, so that the pytest process can still make one of its class.
-        "class": [type(exc).__module__, type(exc).__qualname__],
-        "args": _try_pickle(exc.args),
-        "state": {k: _try_pickle(v) for k, v in getattr(exc, "__dict__", {}).items() if isinstance(k, str)},
-    }
 
 
 @dataclass
@@ -901,12 +608,12 @@ def _session_prep(config: pytest.Config) -> tuple[Optional[list[Any]], tuple[str
 def _uncaught_data(entry: Any) -> dict[str, Any]:
     """One queued record (or the hook's own failure, an exception) as plain data."""
     if isinstance(entry, BaseException):
-        return {"error": _exception_data(entry)}
+        return {"error": exception_data(entry)}
     exc = getattr(entry, "exc_value", None)
     return {
-        "msg": _safe_str(getattr(entry, "msg", "")),
-        "cause_msg": _safe_str(getattr(entry, "cause_msg", "")),
-        "exc": _exception_data(exc) if isinstance(exc, BaseException) else None,
+        "msg": safe_str(getattr(entry, "msg", "")),
+        "cause_msg": safe_str(getattr(entry, "cause_msg", "")),
+        "exc": exception_data(exc) if isinstance(exc, BaseException) else None,
     }
 
 
@@ -922,10 +629,10 @@ def _queue_uncaught(config: pytest.Config, uncaught: Any) -> None:
             if not isinstance(entry, dict):
                 continue
             if isinstance(entry.get("error"), dict):
-                error = _rebuild_exception_value(entry["error"])
+                error = rebuild_exception_value(entry["error"])
                 queue.append(error or RuntimeError(str(entry["error"].get("text", ""))))
                 continue
-            exc = _rebuild_exception_value(entry["exc"]) if isinstance(entry.get("exc"), dict) else None
+            exc = rebuild_exception_value(entry["exc"]) if isinstance(entry.get("exc"), dict) else None
             queue.append(
                 record(msg=str(entry.get("msg")), cause_msg=str(entry.get("cause_msg")), exc_value=exc)
             )
@@ -1056,9 +763,7 @@ def _child_main(
     # (name, escaped text) pairs, as junitxml's add_global_property stores them
     added_to_suite = suite_properties[suite_before:] if suite_properties is not None else []
     out["suite_properties"] = [list(p) for p in added_to_suite]
-    out["report_sections"] = [
-        tuple(_safe_str(part) for part in entry) for entry in sections[sections_before:]
-    ]
+    out["report_sections"] = [tuple(safe_str(part) for part in entry) for entry in sections[sections_before:]]
     out["sub_reports"] = []
     for report in sub_reports:
         try:
@@ -1076,17 +781,17 @@ def _child_main(
         report = pytest.TestReport.from_item_and_call(item, call)
         data = config.hook.pytest_report_to_serializable(config=config, report=report)
         keep = ("$report_type", "nodeid", "location", "outcome", "longrepr", "when")
-        out["exception"] = _exception_data(exc) | {
-            "outcome": _outcome_exception(exc),
+        out["exception"] = exception_data(exc) | {
+            "outcome": outcome_exception(exc),
             "report": {k: data[k] for k in keep if k in data} | {"keywords": {}, "sections": []},
         }
     out["captures"] = captured
     out["log"] = log
     out["warnings"] = [
         {
-            "message": _try_pickle(w.message),
-            "text": _safe_str(w.message),
-            "category": _try_pickle(w.category),
+            "message": try_pickle(w.message),
+            "text": safe_str(w.message),
+            "category": try_pickle(w.category),
             "filename": w.filename,
             "lineno": w.lineno,
             "line": w.line,
@@ -1127,7 +832,7 @@ def _added_marks(
     candidates = [(mark, True) for mark in now[:front]] + [(mark, False) for mark in now[front + before :]]
     added: list[dict[str, Any]] = []
     for mark, in_front in candidates:
-        pickled = _try_pickle((mark.args, dict(mark.kwargs)))
+        pickled = try_pickle((mark.args, dict(mark.kwargs)))
         if pickled is None:
             problems.append(
                 f"the marker {mark.name!r} that {nodeid} added during the call could not be carried "
@@ -1143,61 +848,10 @@ def _portable_property(entry: object) -> dict[str, Any]:
     itself in the pytest process (text is what junitxml writes of a value anyway)."""
     text: Any
     if isinstance(entry, tuple) and len(entry) == 2:
-        text = (_safe_str(entry[0]), _safe_str(entry[1]))
+        text = (safe_str(entry[0]), safe_str(entry[1]))
     else:
-        text = _safe_str(entry)
-    return {"pickled": _try_pickle(entry), "text": text}
-
-
-def _outcome_classes() -> tuple[tuple[str, type[BaseException]], ...]:
-    return (
-        ("skip", pytest.skip.Exception),
-        ("fail", pytest.fail.Exception),
-        ("xfail", pytest.xfail.Exception),
-        ("exit", pytest.exit.Exception),
-    )
-
-
-def _outcome_exception(exc: BaseException) -> Optional[dict[str, Any]]:
-    """pytest's outcome exceptions claim ``__module__ = "builtins"`` and so do not pickle: send fields."""
-    for kind, cls in _outcome_classes():
-        if type(exc) is cls:
-            return {
-                "kind": kind,
-                "msg": getattr(exc, "msg", None),
-                "pytrace": bool(getattr(exc, "pytrace", True)),
-                "allow_module_level": bool(getattr(exc, "allow_module_level", False)),
-                "use_item_location": bool(getattr(exc, "_use_item_location", False)),
-                "returncode": getattr(exc, "returncode", None),
-            }
-    return None
-
-
-def _rebuild_outcome(data: dict[str, Any]) -> Optional[BaseException]:
-    kind, msg = data.get("kind"), data.get("msg")
-    msg = msg if isinstance(msg, str) else None
-    if kind == "skip":
-        return pytest.skip.Exception(
-            msg,
-            bool(data.get("pytrace", True)),
-            bool(data.get("allow_module_level")),
-            _use_item_location=bool(data.get("use_item_location")),
-        )
-    if kind == "fail":
-        return pytest.fail.Exception(msg, bool(data.get("pytrace", True)))
-    if kind == "xfail":
-        return pytest.xfail.Exception(msg)
-    if kind == "exit":
-        code = data.get("returncode")
-        return pytest.exit.Exception(msg or "unknown reason", code if isinstance(code, int) else None)
-    return None
-
-
-def _safe_str(obj: object) -> str:
-    try:
-        return str(obj)
-    except Exception as exc:
-        return f"<unprintable {type(obj).__name__}: {type(exc).__name__}>"
+        text = safe_str(entry)
+    return {"pickled": try_pickle(entry), "text": text}
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -1221,140 +875,16 @@ def _deliver_outputs(config: pytest.Config, out: dict[str, Any]) -> None:
     if stream is not None and out.get("log"):
         stream.write(out["log"])
     for w in out.get("warnings", ()):
-        category = _try_unpickle(w["category"])
+        category = try_unpickle(w["category"])
         if not (isinstance(category, type) and issubclass(category, Warning)):
             category = UserWarning
-        message = _try_unpickle(w["message"])
+        message = try_unpickle(w["message"])
         if not isinstance(message, Warning):
             try:
                 message = category(w["text"])
             except Exception:
                 message = UserWarning(w["text"])
         warnings.showwarning(message, category, w["filename"], w["lineno"], None, w["line"])
-
-
-class _ExceptionUnpickler(pickle.Unpickler):
-    """Rebuilds exceptions and warnings from the child without letting it run code here.
-
-    The child is untrusted: a plain ``pickle.loads`` would let a test call anything in the pytest process
-    (``__reduce__`` returning ``os.system``). Only builtin data types and exception/warning classes of
-    modules this process has already imported are resolved; nothing is imported on the child's behalf.
-    """
-
-    _BUILTIN_DATA = frozenset(
-        ("builtins", n)
-        for n in ("set", "frozenset", "list", "dict", "tuple", "bytearray", "bytes", "complex")
-    )
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in self._BUILTIN_DATA:
-            return super().find_class(module, name)
-        if (module, name) == ("builtins", "getattr"):  # how protocol 4 names a bound classmethod
-            return _constructor_getattr
-        found: Any = _known_exception_class(module, name)
-        if found is None and "." in name:
-            found = _exception_constructor(module, name)
-        if found is None:
-            raise pickle.UnpicklingError(f"{module}.{name} is not an exception class")
-        return found
-
-
-def _exception_constructor(module: str, name: str) -> Any:
-    """``module.Class.method`` for ``_constructor_of``."""
-    owner_name, _, method = name.rpartition(".")
-    cls = _known_exception_class(module, owner_name)
-    return None if cls is None else _constructor_of(cls, method)
-
-
-def _constructor_getattr(owner: Any, name: Any) -> Any:
-    """``getattr`` for the unpickler: only what ``_constructor_of`` allows."""
-    if isinstance(owner, type) and issubclass(owner, BaseException) and isinstance(name, str):
-        found = _constructor_of(owner, name)
-        if found is not None:
-            return found
-    raise pickle.UnpicklingError(f"getattr({owner!r}, {name!r}) is not an exception's constructor")
-
-
-def _constructor_of(cls: type[BaseException], method: str) -> Any:
-    """``cls.method`` if it is a classmethod that an exception class of ``cls``'s MRO defines itself:
-    an alternative constructor, which some exceptions pickle through (pydantic's
-    ``ValidationError.from_exception_data``). Not the metaclass's methods (``register``, ``mro``), not
-    a private name; None otherwise."""
-    if method.startswith("_"):
-        return None
-    for klass in cls.__mro__:
-        if isinstance(klass, type) and issubclass(klass, BaseException) and method in vars(klass):
-            defined = vars(klass)[method]
-            if isinstance(defined, classmethod) or type(defined).__name__ == "classmethod_descriptor":
-                return getattr(cls, method)
-            return None
-    return None
-
-
-def _known_exception_class(module: str, name: str) -> Optional[type[BaseException]]:
-    """The exception (or warning) class ``module.name``, if this process has imported it already."""
-    obj: Any = sys.modules.get(module)
-    for part in name.split("."):
-        if obj is None or part.startswith("__"):
-            return None
-        obj = getattr(obj, part, None)
-    return obj if isinstance(obj, type) and issubclass(obj, BaseException) else None
-
-
-def _new_exception(cls: type[BaseException], args: tuple[Any, ...]) -> Optional[BaseException]:
-    """An instance of ``cls`` without its ``__init__``: its own ``__new__``, else (a ``__new__`` that
-    wants other arguments) the one of its nearest builtin exception base, which allocates the same
-    object; None if neither can (a C type with its own layout)."""
-    makers: list[Callable[..., Any]] = [cls.__new__]
-    makers += [b.__new__ for b in cls.__mro__[1:] if b.__module__ == "builtins"]
-    for make in makers[:2]:
-        try:
-            exc = make(cls, *args)
-            exc.args = args
-            return exc
-        except Exception:  # noqa: BLE001 - not this way: try the next one
-            continue
-    return None
-
-
-def _same_class_stand_in(info: dict[str, Any]) -> Optional[BaseException]:
-    """An exception of the child's exception's class, for one that does not pickle back: made by the
-    class's ``__new__`` (its ``__init__`` may want other arguments; the unpickler would call both),
-    given the child's ``args`` and what of its attributes is plain data. xfail(raises=...) and
-    ``except`` clauses in hooks then see the class the test raised, not a stand-in of another."""
-    names = info.get("class")
-    if not (isinstance(names, list) and len(names) == 2 and all(isinstance(n, str) for n in names)):
-        return None
-    cls = _known_exception_class(names[0], names[1])
-    if cls is None:
-        return None
-    args = _try_unpickle(info.get("args"), _UNRESTORED)
-    if not isinstance(args, tuple):
-        args = (info.get("text", ""),)
-    exc = _new_exception(cls, args)
-    if exc is None:
-        return None
-    state = info.get("state")
-    for key, pickled in state.items() if isinstance(state, dict) else ():
-        value = _try_unpickle(pickled, _UNRESTORED)  # each attribute alone: one lock loses only itself
-        if isinstance(key, str) and key not in ("__class__", "__dict__") and value is not _UNRESTORED:
-            try:
-                object.__setattr__(exc, key, value)
-            except Exception:  # noqa: BLE001 - a slot or a read-only attribute: left out
-                pass
-    return exc
-
-
-_UNRESTORED = object()
-
-
-def _try_unpickle(data: Optional[bytes], default: Any = None) -> Any:
-    if not isinstance(data, bytes):
-        return default
-    try:
-        return _ExceptionUnpickler(io.BytesIO(data)).load()
-    except Exception:
-        return default
 
 
 def _apply_item_changes(item: pytest.Item, out: dict[str, Any]) -> None:
@@ -1370,7 +900,7 @@ def _apply_item_changes(item: pytest.Item, out: dict[str, Any]) -> None:
     front: list[pytest.MarkDecorator] = []
     for entry in out.get("marks", ()):
         name = entry.get("name")
-        value = _try_unpickle(entry.get("args"), _UNRESTORED)
+        value = try_unpickle(entry.get("args"), UNRESTORED)
         if not (
             isinstance(name, str)
             and isinstance(value, tuple)
@@ -1397,8 +927,8 @@ def _apply_item_changes(item: pytest.Item, out: dict[str, Any]) -> None:
     for decorator in reversed(front):  # inserted one by one at the front: keeps the child's order
         item.add_marker(decorator, append=False)
     for prop in out.get("user_properties", ()):
-        restored = _try_unpickle(prop.get("pickled"), _UNRESTORED)
-        if restored is _UNRESTORED:
+        restored = try_unpickle(prop.get("pickled"), UNRESTORED)
+        if restored is UNRESTORED:
             text = prop.get("text")
             restored = tuple(text) if isinstance(text, (list, tuple)) else text
         item.user_properties.append(restored)
@@ -1442,38 +972,11 @@ def _apply_item_changes(item: pytest.Item, out: dict[str, Any]) -> None:
 
 def _rebuild_exception(config: pytest.Config, info: dict[str, Any]) -> tuple[BaseException, Any]:
     outcome = info.get("outcome")
-    exc = _rebuild_outcome(outcome) if isinstance(outcome, dict) else _rebuild_exception_value(info)
+    exc = rebuild_outcome(outcome) if isinstance(outcome, dict) else rebuild_exception_value(info)
     if not isinstance(exc, BaseException):
         exc = SandboxedTestError(f"{info['type']}: {info['text']}")
     report = config.hook.pytest_report_from_serializable(config=config, data=info["report"])
     return exc, getattr(report, "longrepr", None)
-
-
-def _rebuild_exception_value(info: dict[str, Any]) -> Optional[BaseException]:
-    """``_exception_data`` back as an exception: itself through the restricted unpickler, else one of
-    its class (``_same_class_stand_in``); None if neither can be made."""
-    exc = _try_unpickle(info.get("pickled"))
-    if not isinstance(exc, BaseException):
-        exc = _same_class_stand_in(info)
-    return exc if isinstance(exc, BaseException) else None
-
-
-@contextlib.contextmanager
-def _fork_warning_filtered(guard: _InterruptGuard) -> Iterator[_InterruptGuard]:
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=_FORK_WARNING, category=DeprecationWarning)
-        with guard:
-            yield guard
-
-
-def _quiet_fork_warning(guard: _InterruptGuard) -> contextlib.AbstractContextManager[_InterruptGuard]:
-    """``guard``, entered with Python 3.12+'s DeprecationWarning about forking a threaded process
-    silenced: forking a threaded pytest (xdist workers) is what this plugin does on purpose. 3.11 has
-    no such warning, and there only the guard is entered: the filter costs a test 0.1 ms, and even an
-    empty context manager is pages the parent writes."""
-    if sys.version_info < (3, 12):
-        return guard
-    return _fork_warning_filtered(guard)
 
 
 # Garbage the pytest process holds (say, the items of a large parametrized suite, deselected) is
@@ -1562,7 +1065,7 @@ def run_call(item: pytest.Item, runtest: Callable[[], None], spec: SandboxSpec, 
     problem: Optional[str] = None
     tree_problems: list[str] = []
     coverage = CoverageBridge.for_call(runner)
-    guard = _InterruptGuard(item.nodeid)
+    guard = InterruptGuard(item.nodeid)
     try:
         runner.basetemp_for(item)
         sandbox = runner.sandbox_for(policy, policy_fn)
@@ -1574,7 +1077,7 @@ def run_call(item: pytest.Item, runtest: Callable[[], None], spec: SandboxSpec, 
 
         sandbox.on_launch = launched
         try:
-            with _quiet_fork_warning(guard):
+            with quiet_fork_warning(guard):
                 result = sandbox.call(
                     _child_main, item, runtest, coverage, _ChildPrep.of(item, runtest, ihook)
                 )

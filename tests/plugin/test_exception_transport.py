@@ -10,11 +10,11 @@ import pickle
 
 import pytest
 
-from pytest_sandlock.forkrun import _ExceptionUnpickler
+from pytest_sandlock.exception_transport import ExceptionUnpickler
 
 
 def _load(data: bytes) -> object:
-    return _ExceptionUnpickler(io.BytesIO(data)).load()
+    return ExceptionUnpickler(io.BytesIO(data)).load()
 
 
 class Registry(Exception, metaclass=abc.ABCMeta):
@@ -72,7 +72,7 @@ def test_a_stand_in_keeps_the_class_it_was_made_of() -> None:
     """The child's attributes are set on the stand-in one by one; ``__class__`` and ``__dict__`` among
     them would let the child swap what the pytest process raises (Swapped has Plain's layout, so the
     assignment itself would work)."""
-    from pytest_sandlock.forkrun import _same_class_stand_in
+    from pytest_sandlock.exception_transport import same_class_stand_in
 
     info = {
         "class": [__name__, "Plain"],
@@ -84,7 +84,7 @@ def test_a_stand_in_keeps_the_class_it_was_made_of() -> None:
             "note": pickle.dumps("x"),
         },
     }
-    exc = _same_class_stand_in(info)
+    exc = same_class_stand_in(info)
     assert type(exc) is Plain and exc.args == ("text",) and exc.note == "x"  # type: ignore[attr-defined]
 
 
