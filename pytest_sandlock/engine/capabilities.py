@@ -166,7 +166,9 @@ def _spawned_child_memory_readable() -> Optional[bool]:
     argv = [sys.executable, "-I", "-S", "-c", "import os; os.read(0, 1)"]
     try:
         try:
-            pid = os.posix_spawn(sys.executable, argv, {}, file_actions=[(os.POSIX_SPAWN_DUP2, stdin_r, 0)])
+            pid = os.posix_spawn(
+                sys.executable, argv, os.environ, file_actions=[(os.POSIX_SPAWN_DUP2, stdin_r, 0)]
+            )
         except OSError:
             return None
         try:
