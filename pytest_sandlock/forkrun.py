@@ -784,6 +784,8 @@ def _child_main(
         out["exception"] = exception_data(exc) | {
             "outcome": outcome_exception(exc),
             "report": {k: data[k] for k in keep if k in data} | {"keywords": {}, "sections": []},
+            # pytest's serialization turns a representation of its own kind (a doctest's) into text.
+            "longrepr_is_text": isinstance(report.longrepr, str),
         }
     out["captures"] = captured
     out["log"] = log
@@ -976,7 +978,26 @@ def _rebuild_exception(config: pytest.Config, info: dict[str, Any]) -> tuple[Bas
     if not isinstance(exc, BaseException):
         exc = SandboxedTestError(f"{info['type']}: {info['text']}")
     report = config.hook.pytest_report_from_serializable(config=config, data=info["report"])
-    return exc, getattr(report, "longrepr", None)
+    longrepr = getattr(report, "longrepr", None)
+    if isinstance(longrepr, str) and info.get("longrepr_is_text") is False:
+        longrepr = _ChildText(longrepr)
+    return exc, longrepr
+
+
+class _ChildText:
+    """A failure representation that was not text in the child (a doctest's) and crossed back as text:
+    shown the same, but not taken for a one-line message (pytest's short summary puts a text
+    representation's first line after the test's name, and a doctest's is a line number)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def toterminal(self, tw: Any) -> None:
+        for line in self.text.splitlines():
+            tw.line(line)
+
+    def __str__(self) -> str:
+        return self.text
 
 
 # Garbage the pytest process holds (say, the items of a large parametrized suite, deselected) is

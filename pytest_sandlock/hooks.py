@@ -144,20 +144,34 @@ class SandlockSession:
     def pytest_runtest_makereport(
         self, item: pytest.Item, call: pytest.CallInfo[None]
     ) -> Generator[None, pytest.TestReport, pytest.TestReport]:
-        report = yield
         if forkrun.SPEC_KEY not in item.stash:
-            return report
+            return (yield)
+        record = item.stash.get(forkrun.RECORD_KEY, None)
+        from_child = (
+            call.when == "call"
+            and record is not None
+            and record.longrepr is not None
+            and call.excinfo is not None
+            and call.excinfo.value is record.exception
+        )
+        if from_child:
+            # The child built the failure's representation from its own exception; the exception
+            # raised here on its behalf may lack what the item's repr_failure reads (a doctest's
+            # failure keeps its example, which does not cross back: an INTERNALERROR). So the
+            # item answers with the child's, instead of describing the stand-in.
+            child_longrepr = record.longrepr if record is not None else None
+            item.repr_failure = lambda excinfo, *args, **kwargs: child_longrepr  # type: ignore[method-assign,assignment]
+        try:
+            report = yield
+        finally:
+            if from_child:
+                del item.repr_failure
         if call.when == "teardown" and forkrun.RECORD_KEY in item.stash:
             del item.stash[forkrun.RECORD_KEY]  # the events live on in the call report only
         info: dict[str, Any] = {"sandboxed": not item.stash.get(forkrun.UNCONFINED_KEY, False)}
-        record = item.stash.get(forkrun.RECORD_KEY, None)
         if call.when == "call" and record is not None:
-            if (
-                record.longrepr is not None
-                and call.excinfo is not None
-                and call.excinfo.value is record.exception
-            ):
-                report.longrepr = record.longrepr
+            if from_child:
+                report.longrepr = record.longrepr  # also where an outer wrapper changed it
             if record.strict_denials and record.exception is not None:
                 text = "\n".join(e.describe() for e in record.strict_denials)
                 longrepr: Any = report.longrepr

@@ -1036,3 +1036,40 @@ def test_a_failed_test_says_which_threads_of_the_pytest_process_its_child_lacks(
         "-p", "no:cacheprovider", "-p", "no:randomly", "-p", "no:sandlock"
     )
     control.assert_outcomes(passed=2)
+
+
+@pytest.mark.parametrize("mode", ["serial", "xdist"])
+def test_failing_doctests_are_reported_as_without_the_sandbox(pytester, mode):
+    """A doctest that failed in a sandboxed run (an unexpected exception, or other output than
+    expected) was an INTERNALERROR: the exception raised in the pytest process on the child's behalf
+    lacks the doctest's example, which pytest's repr_failure reads (found running joblib's suite).
+    The report carries the child's representation; its lines and the short summary are those of a
+    run without the plugin."""
+    pytester.makepyfile(
+        mod='''
+        def f():
+            """
+            >>> 1 / 0
+            1
+            """
+
+        def g():
+            """
+            >>> 1 + 1
+            3
+            """
+        '''
+    )
+    args = ["-p", "no:cacheprovider", "--doctest-modules", "-rf", *(["-n", "2"] if mode == "xdist" else [])]
+    control = pytester.runpytest_subprocess(*args, "-p", "no:sandlock")
+    result = pytester.runpytest_subprocess(*args, "--sandlock-strict")
+    control.assert_outcomes(failed=2)
+    result.assert_outcomes(failed=2)
+    assert "INTERNALERROR" not in result.stdout.str() + result.stderr.str()
+    shown = ("FAILED", "UNEXPECTED EXCEPTION", "ZeroDivisionError", "Expected:", "Got:", "    2", "    3")
+
+    def lines(run: pytest.RunResult) -> list[str]:
+        return sorted(line for line in run.stdout.lines if line.startswith(shown))
+
+    assert lines(result) == lines(control)
+    assert any(line.startswith("UNEXPECTED EXCEPTION: ZeroDivisionError") for line in lines(result))
