@@ -665,6 +665,10 @@ def _child_main(
     if prep is None:
         prep = _ChildPrep.of(item)
     coverage_problems: list[str] = []
+    if "uvloop" in sys.modules:  # libuv keeps an io_uring ring in each loop (see io_uring_rings)
+        from pytest_sandlock.engine.io_uring_rings import detach_rings
+
+        coverage_problems.extend(detach_rings())
     if coverage is not None:
         problem = coverage.redirect_in_child()
         if problem:
@@ -1053,6 +1057,24 @@ def _threads_left_behind() -> str:
     )
 
 
+def _io_uring_hint() -> str:
+    """Why a child may have aborted, when this process holds io_uring rings (see io_uring_rings)."""
+    if "uvloop" not in sys.modules:
+        return ""
+    from pytest_sandlock.engine.io_uring_rings import ring_mappings
+
+    try:
+        if not ring_mappings():
+            return ""
+    except (OSError, ValueError):
+        return ""
+    return (
+        "\nThe pytest process holds io_uring rings (an event loop made outside the test: uvloop's libuv "
+        "keeps one per loop). io_uring is refused in the sandbox, so such a loop cannot run in the "
+        "test's child: make the loop in the test, or mark the test sandbox(enabled=False)."
+    )
+
+
 def _advance_random() -> None:
     """The child continues from this process's ``random`` state (a seed set by a fixture or
     pytest-randomly reaches the test: ``Sandbox(keep_random_state=True)``), and what it draws is drawn
@@ -1117,7 +1139,7 @@ def run_call(item: pytest.Item, runtest: Callable[[], None], spec: SandboxSpec, 
             warnings.warn(pytest.PytestWarning(f"sandlock: {text}"), stacklevel=1)
     except SandboxCrash as crash:
         record.events = list(crash.events)
-        problem = f"sandlock: {item.nodeid} did not finish: {crash.reason}"
+        problem = f"sandlock: {item.nodeid} did not finish: {crash.reason}" + _io_uring_hint()
     except ChildException as exc:
         record.events = list(exc.events)
         problem = f"sandlock: the sandboxed child failed outside the test: {exc.exc_type}: {exc.message}"

@@ -270,3 +270,48 @@ def test_async_tests_run_sandboxed(pytester, mode, inside, outside):
     assert inside.wait_received(1) == [b"hello\n"]
     time.sleep(0.1)
     assert outside.received == []
+
+
+def test_a_uvloop_loop_made_by_a_fixture_fails_its_test_and_the_session_goes_on(pytester):
+    """libuv (under uvloop) keeps an io_uring ring in each loop, memory the kernel shares with every
+    fork. A sandboxed test using a loop a fixture made had io_uring refused after libuv had written
+    its submission into the shared ring: the child aborted, and so did the pytest process when the
+    fixture closed the loop; the whole session died (aiohttp's suite). Now the child's copy of the
+    ring is its own: that test fails, saying why, and the session goes on; a loop made in the test
+    works."""
+    pytest.importorskip("uvloop")
+    pytester.makepyfile(
+        """
+        import asyncio
+        import pytest
+        import uvloop
+
+        @pytest.fixture
+        def fixture_loop():
+            loop = uvloop.new_event_loop()
+            yield loop
+            loop.call_soon(loop.stop)
+            loop.run_forever()  # the pytest process's loop still works after the test
+            loop.close()
+
+        def test_fixture_loop(fixture_loop):
+            fixture_loop.run_until_complete(asyncio.sleep(0.01))
+
+        def test_own_loop():
+            loop = uvloop.new_event_loop()
+            loop.run_until_complete(asyncio.sleep(0.01))
+            loop.close()
+
+        def test_after():
+            pass
+        """
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "--sandlock-strict", "-p", "no:randomly")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED, result.stderr.str()
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "*test_fixture_loop did not finish: the child was killed by signal SIGABRT",
+            "*holds io_uring rings*",
+        ]
+    )
