@@ -664,15 +664,15 @@ def _child_main(
     config = item.config
     if prep is None:
         prep = _ChildPrep.of(item)
-    coverage_problems: list[str] = []
+    child_problems: list[str] = []
     if "uvloop" in sys.modules:  # libuv keeps an io_uring ring in each loop (see io_uring_rings)
         from pytest_sandlock.engine.io_uring_rings import detach_rings
 
-        coverage_problems.extend(detach_rings())
+        child_problems.extend(detach_rings())
     if coverage is not None:
         problem = coverage.redirect_in_child()
         if problem:
-            coverage_problems.append(problem)
+            child_problems.append(problem)
     captures = prep.captures
     for buf in captures.values():  # the pytest process keeps what was there before the fork
         buf.seek(0)
@@ -726,7 +726,7 @@ def _child_main(
     if coverage is not None:
         problem = coverage.save_in_child()
         if problem:
-            coverage_problems.append(f"coverage data of the sandboxed child not saved: {problem}")
+            child_problems.append(f"coverage data of the sandboxed child not saved: {problem}")
     handle = prep.handle
     denials_read = bool(handle is not None and handle.denials_read)
     captured = {key: buf.buffer.getvalue() for key, buf in captures.items()}  # type: ignore[attr-defined]
@@ -739,7 +739,7 @@ def _child_main(
     uncaught_added = tuple(map(len, prep.uncaught_queues)) != uncaught_before
     freed = _freed[0] - freed_before
     if excinfo is None and not (
-        coverage_problems
+        child_problems
         or recorded
         or denials_read
         or log
@@ -754,7 +754,7 @@ def _child_main(
         or failed_subtests
     ):
         return None  # a quiet pass, the common case: nothing to carry back (see run_call)
-    out: dict[str, Any] = {"exception": None, "internal": coverage_problems, "gc_freed": freed}
+    out: dict[str, Any] = {"exception": None, "internal": child_problems, "gc_freed": freed}
     out["marks"] = []
     if marks_added:
         out["marks"] = _added_marks(item.nodeid, own_markers, marks_before, first_mark, out["internal"])

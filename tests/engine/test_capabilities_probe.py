@@ -118,6 +118,17 @@ def test_the_probe_leaves_no_filter_and_no_no_new_privs_on_any_thread() -> None:
     assert shown["usable"] and shown["threads"] == 1
     assert shown["after"] == shown["before"]
     assert all(task["Seccomp"] == "0" and task["Seccomp_filters"] == "0" for task in shown["after"].values())
+    # Control, in another fresh interpreter: the same flags tried on the main thread do show.
+    on_main = PROBE_AND_SHOW_THREADS.replace(
+        "caps = capabilities.probe()",
+        "capabilities._try_listener_flags(dict.fromkeys(capabilities._SECCOMP_KEYS, False))\n"
+        "caps = capabilities.probe()",
+    )
+    proc = subprocess.run([sys.executable, "-c", on_main], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    confined = json.loads(proc.stdout)["after"]
+    shown_confined = [(t["Seccomp"], t["Seccomp_filters"], t["NoNewPrivs"]) for t in confined.values()]
+    assert shown_confined == [("2", "1", "1")]
 
 
 PROBE_WITH_ITS_CHILDREN_REAPED_ELSEWHERE = """
